@@ -1,0 +1,563 @@
+"""The Store: every read and write of search results, each public method one short transaction."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from db.engine import (
+    WRITE_OPTION,
+    StoreError,
+    backend_of,
+    create_store_engine,
+    display_url,
+    normalize_url,
+    store_error,
+)
+from db.migrate import head_revision, migrate_engine, revision_of
+from db.models import (
+    RUN_STATES,
+    SEARCH_STATUSES,
+    ArchitectureModel,
+    EpochModel,
+    RecipeModel,
+    RunModel,
+    SearchModel,
+    StageModel,
+    WeightsModel,
+)
+from search_spaces.spec import ArchitectureSpec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RunRecord:
+    """One trial's outcome as the orchestrator writes it and analysis reads it.
+
+    Times are unix seconds; `fidelity` is the number of training epochs; `cached_from` is the
+    id of the run whose result this one reused; `retry_of` the trial number it retries.
+    """
+
+    id: int | None
+    study: str
+    trial_number: int
+    arch_id: str
+    recipe_id: str | None
+    dataset: str | None
+    fidelity: int | None
+    state: str
+    reason: str | None = None
+    val_accuracy: float | None = None
+    best_val_accuracy: float | None = None
+    val_loss: float | None = None
+    params: int | None = None
+    flops: int | None = None
+    latency_ms: float | None = None
+    latency_ms_batch: float | None = None
+    samples_per_s: float | None = None
+    peak_memory_mb: float | None = None
+    device: str | None = None
+    host: str | None = None
+    node_id: str | None = None
+    started: float | None = None
+    finished: float | None = None
+    duration_s: float | None = None
+    cached_from: int | None = None
+    retry_of: int | None = None
+    search_id: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class EpochRecord:
+    """One point of a learning curve (`seconds`: wall time of that epoch)."""
+
+    epoch: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_accuracy: float | None = None
+    lr: float | None = None
+    seconds: float | None = None
+
+
+@dataclass
+class SearchRecord:
+    """One launch of a search; `heartbeat` tells whether its driver is still alive."""
+
+    id: int
+    study: str
+    status: str
+    host: str | None
+    pid: int | None
+    started: float | None
+    heartbeat: float | None
+    finished: float | None
+    config: dict[str, Any] = field(default_factory=dict)
+
+
+_RUN_FIELDS = [f.name for f in fields(RunRecord) if f.name != "id"]
+_TIME_FIELDS = ("started", "finished")
+_EPOCH_FIELDS = [f.name for f in fields(EpochRecord)]
+
+
+def _to_dt(ts: float | None) -> datetime | None:
+    return None if ts is None else datetime.fromtimestamp(ts, tz=timezone.utc)
+
+
+def _to_ts(dt: datetime | None) -> float | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # SQLite keeps no zone; we always write UTC
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
+    if value not in allowed:
+        raise ValueError(f"`{name}` got {value!r}; allowed: {' | '.join(allowed)}")
+
+
+def _run_record(row: RunModel) -> RunRecord:
+    data = {name: getattr(row, name) for name in _RUN_FIELDS}
+    for name in _TIME_FIELDS:
+        data[name] = _to_ts(data[name])
+    data["extra"] = dict(data["extra"] or {})
+    return RunRecord(id=row.id, **data)
+
+
+def _search_record(row: SearchModel) -> SearchRecord:
+    return SearchRecord(
+        id=row.id,
+        study=row.study,
+        status=row.status,
+        host=row.host,
+        pid=row.pid,
+        started=_to_ts(row.started),
+        heartbeat=_to_ts(row.heartbeat),
+        finished=_to_ts(row.finished),
+        config=dict(row.config or {}),
+    )
+
+
+class Store:
+    """The SQL store of a search: SQLite file or PostgreSQL, beside Optuna's tables.
+
+    Args:
+        url: `sqlite:///path.db` or `postgresql://user:pass@host:5432/db` (`postgres://` and
+            `postgresql+psycopg://` work too; PostgreSQL is reached with psycopg 3).
+        migrate: bring the schema to the head revision on open (default). With False, a
+            schema that is not at head raises `StoreError` (run `nas db upgrade`).
+
+    Raises:
+        StoreError: bad URL, unreachable database, failed migration.
+    """
+
+    def __init__(self, url: str, *, migrate: bool = True) -> None:
+        self._url = normalize_url(url)
+        self.url: str = self._url.render_as_string(hide_password=False)
+        self.display_url: str = display_url(self._url)
+        self._backend = backend_of(self._url)
+        if migrate:
+            migration_engine = create_store_engine(self._url, migration=True)
+            try:
+                migrate_engine(migration_engine, self._url)
+            finally:
+                migration_engine.dispose()
+        self._engine = create_store_engine(self._url)
+        self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
+        if not migrate:
+            self._check_revision()
+        logger.debug("store opened on %s", self.display_url)
+
+    def __repr__(self) -> str:
+        return f"Store({self.display_url!r})"
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release the connection pool; the Store is unusable afterwards."""
+        self._engine.dispose()
+
+    # -- plumbing ------------------------------------------------------------------------
+    @contextmanager
+    def _session(self, what: str, *, write: bool = False) -> Iterator[Session]:
+        """One transaction: commit on success, roll back on error, `StoreError` for DB errors."""
+        session = Session(self._write_engine if write else self._engine, expire_on_commit=False)
+        try:
+            yield session
+            session.commit()
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise store_error(what, exc, self._url) from exc
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def _insert(self, model: type) -> Any:
+        """INSERT that knows ON CONFLICT (both backends spell it the same way)."""
+        if self._backend == "postgresql":
+            return postgresql.insert(model)
+        return sqlite.insert(model)
+
+    def _check_revision(self) -> None:
+        with self._session("reading the schema revision") as session:
+            current = revision_of(session.connection())
+        head = head_revision()
+        if current != head:
+            raise StoreError(
+                f"storage {self.display_url} is at schema revision {current!r}, "
+                f"not {head!r}; run `nas db upgrade`"
+            )
+
+    # -- searches ------------------------------------------------------------------------
+    def start_search(self, study: str, config: dict, *, host: str, pid: int) -> int:
+        """Record a search launch (status `running`); returns its id for heartbeats."""
+        now = _now()
+        with self._session(f"starting a search of study {study!r}", write=True) as session:
+            row = SearchModel(
+                study=study,
+                config=dict(config),
+                status="running",
+                host=host,
+                pid=pid,
+                started=now,
+                heartbeat=now,
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def heartbeat(self, search_id: int) -> None:
+        """Mark search `search_id` alive now."""
+        with self._session(f"heartbeat of search {search_id}", write=True) as session:
+            result = session.execute(
+                sa.update(SearchModel).where(SearchModel.id == search_id).values(heartbeat=_now())
+            )
+            if result.rowcount == 0:
+                raise StoreError(f"`search_id` got {search_id!r}: no such search")
+
+    def end_search(self, search_id: int, status: str) -> None:
+        """Close search `search_id` with `status` (finished | interrupted | failed)."""
+        _check_choice("status", status, SEARCH_STATUSES)
+        now = _now()
+        with self._session(f"ending search {search_id}", write=True) as session:
+            result = session.execute(
+                sa.update(SearchModel)
+                .where(SearchModel.id == search_id)
+                .values(status=status, heartbeat=now, finished=None if status == "running" else now)
+            )
+            if result.rowcount == 0:
+                raise StoreError(f"`search_id` got {search_id!r}: no such search")
+
+    def searches(self, study: str) -> list[SearchRecord]:
+        """The launches of `study`, oldest first."""
+        with self._session(f"reading searches of study {study!r}") as session:
+            rows = session.scalars(
+                sa.select(SearchModel).where(SearchModel.study == study).order_by(SearchModel.id)
+            ).all()
+            return [_search_record(r) for r in rows]
+
+    # -- architectures and recipes -------------------------------------------------------
+    def save_architecture(
+        self,
+        spec: ArchitectureSpec,
+        *,
+        params: int,
+        flops: int,
+        input_size: tuple[int, int],
+    ) -> None:
+        """Insert the architecture and its stage rows, or refresh its params/FLOPs. Idempotent."""
+        arch_id = spec.arch_id
+        height, width = input_size
+        values = {
+            "arch_id": arch_id,
+            "spec": spec.to_dict(),
+            "params": int(params),
+            "flops": int(flops),
+            "input_size": f"{int(height)}x{int(width)}",
+            "total_depth": spec.total_depth,
+            "total_blocks": spec.total_blocks,
+            "num_stages": len(spec.stages),
+            "block_types": ",".join(sorted({s.block for s in spec.stages})),
+            "skip_types": ",".join(sorted({s.skip for s in spec.stages})),
+            "created": _now(),
+        }
+        stmt = self._insert(ArchitectureModel).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["arch_id"],
+            set_={k: stmt.excluded[k] for k in ("params", "flops", "input_size")},
+        )
+        stages = [
+            {
+                "arch_id": arch_id,
+                "stage": index,
+                "depth": s.depth,
+                "width": s.width,
+                "stride": s.stride,
+                "block": s.block,
+                "expansion": s.expansion,
+                "groups": s.groups,
+                "width_per_group": s.width_per_group,
+                "skip": s.skip,
+            }
+            for index, s in enumerate(spec.stages, start=1)
+        ]
+        stage_stmt = (
+            self._insert(StageModel)
+            .values(stages)
+            .on_conflict_do_nothing(index_elements=["arch_id", "stage"])
+        )
+        with self._session(f"saving architecture {arch_id}", write=True) as session:
+            session.execute(stmt)
+            session.execute(stage_stmt)
+
+    def save_recipe(self, recipe_id: str, recipe: dict, dataset: str) -> None:
+        """Insert the recipe unless it exists (its id is the hash of its content)."""
+        stmt = (
+            self._insert(RecipeModel)
+            .values(recipe_id=recipe_id, recipe=dict(recipe), dataset=dataset, created=_now())
+            .on_conflict_do_nothing(index_elements=["recipe_id"])
+        )
+        with self._session(f"saving recipe {recipe_id}", write=True) as session:
+            session.execute(stmt)
+
+    def architecture(self, arch_id: str) -> dict | None:
+        """The spec dict of `arch_id` (feed it to `ArchitectureSpec.from_dict`)."""
+        with self._session(f"reading architecture {arch_id}") as session:
+            spec = session.scalar(
+                sa.select(ArchitectureModel.spec).where(ArchitectureModel.arch_id == arch_id)
+            )
+            return None if spec is None else dict(spec)
+
+    def recipe(self, recipe_id: str) -> dict | None:
+        """The recipe dict of `recipe_id`."""
+        with self._session(f"reading recipe {recipe_id}") as session:
+            recipe = session.scalar(
+                sa.select(RecipeModel.recipe).where(RecipeModel.recipe_id == recipe_id)
+            )
+            return None if recipe is None else dict(recipe)
+
+    # -- runs ----------------------------------------------------------------------------
+    def record_run(
+        self,
+        run: RunRecord,
+        epochs: Sequence[EpochRecord] = (),
+        weights: bytes | None = None,
+    ) -> int:
+        """Insert `run`, or update the row with the same (study, trial_number); returns its id.
+
+        Run, epochs and weights are written in one transaction. Epochs are merged by epoch
+        number (so a running trial can send its curve piece by piece); `weights=None` keeps
+        whatever weights the run already has.
+        """
+        _check_choice("state", run.state, RUN_STATES)
+        if weights is not None and not isinstance(weights, (bytes, bytearray, memoryview)):
+            raise ValueError(f"`weights` got {type(weights).__name__}; allowed: bytes or None")
+        values = {name: getattr(run, name) for name in _RUN_FIELDS}
+        for name in _TIME_FIELDS:
+            values[name] = _to_dt(values[name])
+        values["extra"] = dict(values["extra"] or {})
+        values["updated"] = _now()
+        stmt = self._insert(RunModel).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["study", "trial_number"],
+            set_={k: stmt.excluded[k] for k in values if k not in ("study", "trial_number")},
+        ).returning(RunModel.id)
+        what = f"recording trial {run.trial_number} of study {run.study!r}"
+        with self._session(what, write=True) as session:
+            run_id = int(session.execute(stmt).scalar_one())
+            if epochs:
+                rows = [
+                    {"run_id": run_id, **{n: getattr(e, n) for n in _EPOCH_FIELDS}} for e in epochs
+                ]
+                epoch_stmt = self._insert(EpochModel).values(rows)
+                epoch_stmt = epoch_stmt.on_conflict_do_update(
+                    index_elements=["run_id", "epoch"],
+                    set_={n: epoch_stmt.excluded[n] for n in _EPOCH_FIELDS if n != "epoch"},
+                )
+                session.execute(epoch_stmt)
+            if weights is not None:
+                weight_stmt = self._insert(WeightsModel).values(
+                    run_id=run_id, format="safetensors", data=bytes(weights)
+                )
+                weight_stmt = weight_stmt.on_conflict_do_update(
+                    index_elements=["run_id"],
+                    set_={"format": weight_stmt.excluded.format, "data": weight_stmt.excluded.data},
+                )
+                session.execute(weight_stmt)
+        return run_id
+
+    def find_finished(
+        self, arch_id: str, recipe_id: str, dataset: str, fidelity: int
+    ) -> RunRecord | None:
+        """A `complete`, trained (not itself cached) run of the same architecture, recipe,
+        dataset and fidelity, from any study; the best validation accuracy if several."""
+        query = (
+            sa.select(RunModel)
+            .where(
+                RunModel.arch_id == arch_id,
+                RunModel.recipe_id == recipe_id,
+                RunModel.dataset == dataset,
+                RunModel.fidelity == fidelity,
+                RunModel.state == "complete",
+                RunModel.cached_from.is_(None),
+            )
+            .order_by(RunModel.val_accuracy.desc().nulls_last(), RunModel.id)
+            .limit(1)
+        )
+        with self._session(f"looking up a finished run of {arch_id}") as session:
+            row = session.scalar(query)
+            return None if row is None else _run_record(row)
+
+    def runs(
+        self,
+        study: str | None = None,
+        *,
+        states: Sequence[str] | None = None,
+        top: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs of `study` (all studies if None) in trial order; with `top`, the best
+        `top` by validation accuracy, best first."""
+        query = sa.select(RunModel)
+        if study is not None:
+            query = query.where(RunModel.study == study)
+        if states is not None:
+            states = [states] if isinstance(states, str) else list(states)
+            for state in states:
+                _check_choice("states", state, RUN_STATES)
+            query = query.where(RunModel.state.in_(states))
+        if top is not None:
+            if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+                raise ValueError(f"`top` got {top!r}; allowed: an integer >= 1 or None")
+            query = query.order_by(
+                RunModel.val_accuracy.desc().nulls_last(), RunModel.trial_number
+            ).limit(top)
+        else:
+            query = query.order_by(RunModel.study, RunModel.trial_number)
+        with self._session("reading runs") as session:
+            return [_run_record(r) for r in session.scalars(query).all()]
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        with self._session(f"reading run {run_id}") as session:
+            row = session.get(RunModel, run_id)
+            return None if row is None else _run_record(row)
+
+    def run_for_trial(self, study: str, trial_number: int) -> RunRecord | None:
+        query = sa.select(RunModel).where(
+            RunModel.study == study, RunModel.trial_number == trial_number
+        )
+        with self._session(f"reading trial {trial_number} of study {study!r}") as session:
+            row = session.scalar(query)
+            return None if row is None else _run_record(row)
+
+    def epochs(self, run_id: int) -> list[EpochRecord]:
+        """The learning curve of run `run_id`, by epoch."""
+        query = sa.select(EpochModel).where(EpochModel.run_id == run_id).order_by(EpochModel.epoch)
+        with self._session(f"reading epochs of run {run_id}") as session:
+            return [
+                EpochRecord(**{n: getattr(r, n) for n in _EPOCH_FIELDS})
+                for r in session.scalars(query).all()
+            ]
+
+    def weights(self, run_id: int) -> bytes | None:
+        """The safetensors bytes of run `run_id`, if the worker sent any."""
+        query = sa.select(WeightsModel.data).where(WeightsModel.run_id == run_id)
+        with self._session(f"reading weights of run {run_id}") as session:
+            data = session.scalar(query)
+            return None if data is None else bytes(data)
+
+    # -- overview ------------------------------------------------------------------------
+    def study_names(self) -> list[str]:
+        """Every study with a run or a search in this store, sorted."""
+        query = sa.union(sa.select(RunModel.study), sa.select(SearchModel.study))
+        with self._session("listing studies") as session:
+            return sorted(session.scalars(query).all())
+
+    def studies(self) -> list[dict]:
+        """One dict per study, sorted by name.
+
+        Keys: `name`, `runs` ({state: count} over all four states), `total`, `cached`,
+        `best_val_accuracy` (complete runs), `last_activity` (unix seconds: latest run write,
+        start, finish or search heartbeat), `running_searches` (count with status running).
+        """
+        run_query = sa.select(
+            RunModel.study,
+            RunModel.state,
+            sa.func.count(),
+            sa.func.count(RunModel.cached_from),
+            sa.func.max(sa.case((RunModel.state == "complete", RunModel.val_accuracy))),
+            sa.func.max(RunModel.updated),
+            sa.func.max(RunModel.finished),
+            sa.func.max(RunModel.started),
+        ).group_by(RunModel.study, RunModel.state)
+        search_query = sa.select(
+            SearchModel.study,
+            sa.func.count(sa.case((SearchModel.status == "running", 1))),
+            sa.func.max(SearchModel.heartbeat),
+            sa.func.max(SearchModel.finished),
+        ).group_by(SearchModel.study)
+        with self._session("summarising studies") as session:
+            run_rows = session.execute(run_query).all()
+            search_rows = session.execute(search_query).all()
+
+        summary: dict[str, dict] = {}
+
+        def entry(name: str) -> dict:
+            if name not in summary:
+                summary[name] = {
+                    "name": name,
+                    "runs": {s: 0 for s in RUN_STATES},
+                    "total": 0,
+                    "cached": 0,
+                    "best_val_accuracy": None,
+                    "last_activity": None,
+                    "running_searches": 0,
+                }
+            return summary[name]
+
+        def touch(item: dict, *stamps: Any) -> None:
+            for stamp in stamps:
+                ts = _to_ts(stamp) if isinstance(stamp, datetime) else None
+                if ts is not None and (item["last_activity"] is None or ts > item["last_activity"]):
+                    item["last_activity"] = ts
+
+        for study, state, count, cached, best, updated, finished, started in run_rows:
+            item = entry(study)
+            item["runs"][state] = item["runs"].get(state, 0) + count
+            item["total"] += count
+            item["cached"] += cached
+            if best is not None and (
+                item["best_val_accuracy"] is None or best > item["best_val_accuracy"]
+            ):
+                item["best_val_accuracy"] = best
+            touch(item, updated, finished, started)
+        for study, running, heartbeat, finished in search_rows:
+            item = entry(study)
+            item["running_searches"] = running
+            touch(item, heartbeat, finished)
+        return [summary[name] for name in sorted(summary)]
+
+
+def record_fields() -> list[str]:
+    """Field names of `RunRecord`, in order (for CSV headers and the like)."""
+    return [f.name for f in fields(RunRecord)]

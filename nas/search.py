@@ -1,0 +1,828 @@
+"""`run_search`: the one owner of the Optuna study and of every store write during a search.
+
+The driver asks Optuna for candidates, turns them into specs, answers duplicates and
+infeasible candidates without training, hands the rest to Ray workers as plain dicts,
+decides pruning from their per-epoch reports, and records every outcome in the store before
+telling Optuna. Workers never touch the database.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+
+from db import EpochRecord, RunRecord, Store, StoreError
+from nas.config import SearchConfig
+from nas.errors import UserError
+from nas.samplers import CostAwareHalving, make_pruner, make_sampler
+from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
+from workers import TrainConfig, dataset_info
+
+TrialState = optuna.trial.TrialState
+OBJECTIVE_DIRECTIONS = {
+    "accuracy": "maximize",
+    "params": "minimize",
+    "flops": "minimize",
+    "latency": "minimize",
+}
+# Consecutive proposals that break a constraint before we call the constraints impossible.
+MAX_CONSECUTIVE_INFEASIBLE = 200
+# A search whose heartbeat is older than this many heartbeat intervals is taken as dead.
+STALE_HEARTBEATS = 3
+
+
+@dataclass
+class TrialEvent:
+    """What the progress display and `--json` see of one finished trial."""
+
+    number: int
+    state: str  # complete | pruned | failed | cached | infeasible
+    arch_id: str
+    summary: str
+    values: list[float] | None = None
+    val_accuracy: float | None = None
+    params: int | None = None
+    flops: int | None = None
+    duration_s: float | None = None
+    reason: str | None = None
+    cached_from: int | None = None
+    retry_of: int | None = None
+    host: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SearchSummary:
+    """The outcome of one `nas search` invocation."""
+
+    study: str
+    storage: str
+    status: str  # finished | interrupted | budget
+    counts: dict[str, int] = field(default_factory=dict)
+    best: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    compute_s: float = 0.0
+    trials_in_study: int = 0
+
+
+@dataclass
+class _Pending:
+    """A candidate between `ask` and `tell`."""
+
+    trial: optuna.trial.Trial
+    spec: ArchitectureSpec
+    key: tuple[str, str, str, int]
+    params: int
+    flops: int
+    retry_of: int | None
+    started: float
+    ref: Any = None
+    last_epoch: int = 0
+    epochs: list[dict[str, Any]] = field(default_factory=list)
+    stop_sent: bool = False
+
+
+class Progress:
+    """Hooks for the CLI's display; the default does nothing."""
+
+    def start(self, info: dict[str, Any]) -> None: ...
+    def trial(self, event: TrialEvent, counts: dict[str, int], best: dict[str, Any] | None) -> None: ...
+    def tick(self, status: dict[str, Any]) -> None: ...
+    def stop(self) -> None: ...
+
+
+def real_url(url: str) -> str:
+    """`url` validated and with its driver pinned (psycopg 3), password included."""
+    from db.engine import normalize_url
+
+    try:
+        return normalize_url(url).render_as_string(hide_password=False)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """Optuna's storage on `url`, with `pool_pre_ping` for PostgreSQL (#5600)."""
+    from nas.errors import mask_url
+
+    engine_kwargs: dict[str, Any] = {}
+    real = real_url(url)
+    if real.startswith("postgresql"):
+        engine_kwargs["pool_pre_ping"] = True
+        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+    elif real.startswith("sqlite"):
+        engine_kwargs["connect_args"] = {"timeout": 30}
+    try:
+        return optuna.storages.RDBStorage(real, engine_kwargs=engine_kwargs)
+    except Exception as exc:  # noqa: BLE001 - Optuna wraps driver errors in many types
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first = first.replace(real, mask_url(real))
+        raise UserError(f"cannot open the storage at {mask_url(url)}: {first}") from None
+
+
+def resolve_architecture(ref: str, *, in_channels: int, num_classes: int) -> ArchitectureSpec:
+    """A zoo name or a path to an architecture.json, adapted to the dataset's shape."""
+    import json
+    from dataclasses import replace
+    from pathlib import Path
+
+    path = Path(ref)
+    if path.suffix == ".json" or path.is_file():
+        if not path.is_file():
+            raise UserError(f"architecture file `{ref}` does not exist")
+        try:
+            data = json.loads(path.read_text())
+            spec = ArchitectureSpec.from_dict(data.get("spec", data))
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UserError(f"{ref}: not an architecture: {exc}") from None
+    else:
+        try:
+            spec = zoo.get(ref)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return replace(spec, in_channels=in_channels, num_classes=num_classes)
+
+
+class Search:
+    """One invocation of `nas search`."""
+
+    def __init__(self, config: SearchConfig, *, progress: Progress | None = None) -> None:
+        self.config = config
+        self.progress = progress or Progress()
+        # 1. everything a user can get wrong is checked before Ray starts.
+        self.space: SearchSpace = _load_space(config.space)
+        try:
+            self.recipe = TrainConfig.from_dict(config.train)
+        except ValueError as exc:
+            raise UserError(f"training recipe: {exc}") from None
+        try:
+            self.data = dataset_info(self.recipe)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        self.input_size = tuple(self.data.input_size)
+        self.epochs = self.recipe.epochs
+        self.limits = {
+            "max_params": config.max_params or self.space.constraints.get("max_params"),
+            "max_flops": config.max_flops or self.space.constraints.get("max_flops"),
+        }
+        self.enqueue_specs = [
+            resolve_architecture(
+                ref, in_channels=self.data.in_channels, num_classes=self.data.num_classes
+            )
+            for ref in config.enqueue
+        ]
+        self.pruner_name = config.effective_pruner(self.epochs)
+        self.cost_objectives = [o for o in config.objectives if o != "accuracy"]
+        # 2. the store, then Optuna's tables beside ours in the same database.
+        self.storage = open_storage(config.storage)
+        try:
+            self.store = Store(config.storage)
+        except StoreError as exc:
+            raise UserError(str(exc)) from None
+        self.study = self._open_study()
+        self.store.save_recipe(self.recipe.recipe_id, self.recipe.to_dict(), self.recipe.dataset)
+        self.mo_pruner = (
+            CostAwareHalving(self.epochs)
+            if config.multi_objective and self.pruner_name != "none"
+            else None
+        )
+        self.pending: dict[str, _Pending] = {}  # key -> running on a worker
+        self.waiting: dict[tuple, list[_Pending]] = {}  # dedup key -> trials waiting on it
+        self.inflight_keys: dict[tuple, str] = {}  # dedup key -> pending key
+        self.counts = {"complete": 0, "pruned": 0, "failed": 0, "cached": 0, "infeasible": 0}
+        self.compute_s = 0.0
+        self.known: dict[tuple, RunRecord] = {}
+        self.best: dict[str, Any] | None = None
+        self._seq = 0
+
+    # -- set-up -------------------------------------------------------------------------------
+    def _open_study(self) -> optuna.Study:
+        directions = [OBJECTIVE_DIRECTIONS[o] for o in self.config.objectives]
+        sampler = make_sampler(self.config.sampler, seed=self.config.seed, grid=self.space.grid())
+        pruner = make_pruner(self.pruner_name, self.epochs) if not self.config.multi_objective else None
+        try:
+            study = optuna.create_study(
+                study_name=self.config.study,
+                storage=self.storage,
+                sampler=sampler,
+                pruner=pruner,
+                directions=directions,
+                load_if_exists=True,
+            )
+        except ValueError as exc:
+            raise UserError(f"study `{self.config.study}`: {exc}") from None
+        existing = len(study.get_trials(deepcopy=False))
+        if existing and self.config.seed is not None:
+            # Resuming with the same seed would replay the same proposals (all answered from
+            # the cache); offset it by the history so a resumed search explores on, still
+            # reproducibly.
+            study.sampler = make_sampler(
+                self.config.sampler, seed=self.config.seed + existing, grid=self.space.grid()
+            )
+        if [d.name.lower() for d in study.directions] != directions:
+            have = ",".join(d.name.lower() for d in study.directions)
+            raise UserError(
+                f"study `{self.config.study}` exists with directions {have}; "
+                f"--objectives {','.join(self.config.objectives)} needs {','.join(directions)}. "
+                "Use another --study name."
+            )
+        recorded = study.user_attrs.get("resnas")
+        mine = {"space": self.space.name, "recipe_id": self.recipe.recipe_id,
+                "objectives": list(self.config.objectives)}
+        if recorded and (recorded.get("space"), recorded.get("recipe_id")) != (mine["space"], mine["recipe_id"]):
+            raise UserError(
+                f"study `{self.config.study}` was created with space `{recorded.get('space')}` and "
+                f"recipe {recorded.get('recipe_id')}; this run asks for space `{mine['space']}` and "
+                f"recipe {mine['recipe_id']}. Use another --study name, or the same options."
+            )
+        if not recorded:
+            study.set_user_attr("resnas", mine)
+            study.set_user_attr("dataset", self.recipe.dataset)
+            study.set_user_attr("epochs", self.epochs)
+        return study
+
+    def _recover(self) -> int:
+        """Close trials a dead driver left RUNNING and queue their retries; count the rest."""
+        searches = [s for s in self.store.searches(self.config.study) if s.status == "running"]
+        now = time.time()
+        for s in searches:
+            if s.id == self.search_id:
+                continue
+            age = now - (s.heartbeat or s.started or 0)
+            if age < STALE_HEARTBEATS * self.config.heartbeat_s:
+                raise UserError(
+                    f"study `{self.config.study}` is being searched right now by {s.host} pid "
+                    f"{s.pid} (heartbeat {age:.0f} s ago). Wait for it, or use another --study."
+                )
+            self.store.end_search(s.id, "interrupted")
+        accounted = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.RUNNING:
+                self._tell_abandoned(t.number, t.params, t.user_attrs, "driver_lost")
+                continue
+            if t.state == TrialState.WAITING:
+                continue
+            if t.user_attrs.get("retried") or t.user_attrs.get("infeasible"):
+                continue
+            accounted += 1
+        for run in self.store.runs(self.config.study):
+            if run.state in ("complete", "pruned") and run.cached_from is None:
+                self.known.setdefault(self._key_of(run), run)
+            self._update_best_from_run(run)
+        return accounted
+
+    def _tell_abandoned(self, number: int, params: dict, attrs: dict, reason: str) -> bool:
+        """Mark a trial that will never report as failed; queue a retry if allowed (-> True)."""
+        try:
+            self.study.tell(number, state=TrialState.FAIL)
+        except (ValueError, RuntimeError):
+            pass  # already finished by someone
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        storage.set_trial_user_attr(trial_id, "reason", reason)
+        attempt = int(attrs.get("attempt", 0))
+        if attempt < self.config.max_retries:
+            storage.set_trial_user_attr(trial_id, "retried", True)
+            self.study.enqueue_trial(
+                params,
+                user_attrs={"retry_of": number, "attempt": attempt + 1},
+                skip_if_exists=False,
+            )
+            return True
+        return False
+
+    @staticmethod
+    def _key_of(run: RunRecord) -> tuple:
+        return (run.arch_id, run.recipe_id, run.dataset, run.fidelity)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> SearchSummary:
+        import ray
+
+        from workers.ray_task import ReportBroker
+
+        started = time.time()
+        self.search_id = self.store.start_search(
+            self.config.study, self.config.to_record(), host=socket.gethostname(), pid=os.getpid()
+        )
+        status = "finished"
+        we_started_ray = False
+        try:
+            accounted = self._recover()
+            self._enqueue_requested()
+            if not ray.is_initialized():
+                we_started_ray = True
+                _init_ray(self.config)
+            slots = self._slots(ray)
+            self.broker = ReportBroker.remote()
+            self.progress.start(
+                {
+                    "study": self.config.study,
+                    "storage": self.store.display_url,
+                    "target": self.config.trials,
+                    "already": accounted,
+                    "slots": slots,
+                    "space": self.space.name,
+                    "pruner": self.pruner_name,
+                    "sampler": self.config.sampler,
+                    "objectives": list(self.config.objectives),
+                }
+            )
+            status = self._loop(ray, accounted, slots, started)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            self._abandon_all(ray, "interrupted")
+        finally:
+            self.progress.stop()
+            try:
+                self.store.end_search(self.search_id, status)
+            finally:
+                if we_started_ray:
+                    ray.shutdown()
+        summary = SearchSummary(
+            study=self.config.study,
+            storage=self.store.display_url,
+            status=status,
+            counts=dict(self.counts),
+            best=best_trials(self.study, self.store, self.config.objectives),
+            wall_s=time.time() - started,
+            compute_s=self.compute_s,
+            trials_in_study=len(self.study.get_trials(deepcopy=False)),
+        )
+        self.study.set_user_attr("cached_trials", _count_cached(self.store, self.config.study))
+        return summary
+
+    def _slots(self, ray: Any) -> int:
+        if self.config.workers:
+            return self.config.workers
+        cpus = ray.cluster_resources().get("CPU", 1)
+        by_cpu = max(1, int(cpus // self.config.cpus_per_trial))
+        if self.config.gpus_per_trial:
+            gpus = ray.cluster_resources().get("GPU", 0)
+            if gpus <= 0:
+                raise UserError(
+                    f"--gpus-per-trial {self.config.gpus_per_trial} but the Ray cluster has no GPU"
+                )
+            return max(1, min(by_cpu, int(gpus // self.config.gpus_per_trial)))
+        return by_cpu
+
+    def _enqueue_requested(self) -> None:
+        for spec in self.enqueue_specs:
+            params = self.space.params_for(spec)
+            if params is None:
+                raise UserError(
+                    f"--enqueue {spec.name or spec.arch_id}: this architecture is not in the space "
+                    f"`{self.space.name}` (it cannot be expressed with its choices)"
+                )
+            self.study.enqueue_trial(params, skip_if_exists=True)
+
+    def _loop(self, ray: Any, accounted: int, slots: int, started: float) -> str:
+        cfg = self.config
+        deadline = started + cfg.timeout if cfg.timeout else math.inf
+        budget_s = cfg.max_compute_hours * 3600 if cfg.max_compute_hours else math.inf
+        consecutive_infeasible = 0
+        next_beat = time.time() + cfg.heartbeat_s
+        reports_ref = None
+        status = "finished"
+        while True:
+            outstanding = len(self.pending) + sum(len(v) for v in self.waiting.values())
+            done = accounted + self.counts_done()
+            out_of_budget = time.time() >= deadline or self.compute_s >= budget_s
+            if out_of_budget:
+                status = "budget"
+            # Ask for as many candidates as there are free slots and trials left.
+            while (
+                not out_of_budget
+                and len(self.pending) < slots
+                and done + outstanding < cfg.trials
+            ):
+                outcome = self._propose(ray)
+                if outcome == "infeasible":
+                    consecutive_infeasible += 1
+                    if consecutive_infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
+                        raise UserError(self._impossible_message())
+                    continue
+                consecutive_infeasible = 0
+                outstanding = len(self.pending) + sum(len(v) for v in self.waiting.values())
+                done = accounted + self.counts_done()
+            if not self.pending and not self.waiting:
+                break
+            if time.time() >= next_beat:
+                self.store.heartbeat(self.search_id)
+                next_beat = time.time() + cfg.heartbeat_s
+                self.progress.tick(self._status(started, slots))
+            if reports_ref is None:
+                reports_ref = self.broker.next_reports.remote(0.5)
+            refs = [p.ref for p in self.pending.values()]
+            ready, _ = ray.wait(refs + [reports_ref], num_returns=1, timeout=1.0)
+            if reports_ref in ready:
+                self._handle_reports(ray.get(reports_ref))
+                reports_ref = None
+            if ready and refs:
+                finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+                done_refs = set(finished)
+                for p in [p for p in self.pending.values() if p.ref in done_refs]:
+                    self._finish(ray, p)
+        if self.pending:  # pragma: no cover - defensive
+            self._abandon_all(ray, "interrupted")
+        return status
+
+    def counts_done(self) -> int:
+        return sum(v for k, v in self.counts.items() if k != "infeasible")
+
+    def _status(self, started: float, slots: int) -> dict[str, Any]:
+        return {
+            "elapsed_s": time.time() - started,
+            "busy": len(self.pending),
+            "slots": slots,
+            "counts": dict(self.counts),
+            "best": self.best,
+            "compute_s": self.compute_s,
+        }
+
+    def _impossible_message(self) -> str:
+        lims = ", ".join(f"{k.replace('_', '-')}={v:,}" for k, v in self.limits.items() if v)
+        return (
+            f"the last {MAX_CONSECUTIVE_INFEASIBLE} candidates of space `{self.space.name}` all "
+            f"broke the constraints ({lims}); the constraints look impossible for this space. "
+            "Raise --max-params/--max-flops or choose a smaller space."
+        )
+
+    # -- one candidate --------------------------------------------------------------------------
+    def _propose(self, ray: Any) -> str:
+        from workers.ray_task import submit_trial
+
+        trial = self.study.ask()
+        try:
+            spec = self.space.suggest(
+                trial, in_channels=self.data.in_channels, num_classes=self.data.num_classes
+            )
+        except ValueError as exc:
+            # An invalid combination in a user's space: the sampler learns to avoid it.
+            self.study.tell(trial, state=TrialState.FAIL)
+            trial.set_user_attr("reason", f"invalid spec: {exc}")
+            self.counts["failed"] += 1
+            return "failed"
+        cost = complexity(spec, self.input_size)
+        retry_of = trial.user_attrs.get("retry_of")
+        attrs = {
+            "arch_id": spec.arch_id,
+            "params": cost.params,
+            "flops": cost.flops,
+            "architecture": spec.summary(),
+            "skips": ",".join(s.skip for s in spec.stages),
+        }
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        # Constraint values > 0 mean "broken"; constraint-aware samplers learn from them.
+        violations = []
+        for name, value in (("params", cost.params), ("flops", cost.flops)):
+            limit = self.limits[f"max_{name}"]
+            if limit:
+                violations.append(float(value - limit))
+                trial.set_constraint(name, float(value - limit))
+        key = (spec.arch_id, self.recipe.recipe_id, self.recipe.dataset, self.epochs)
+        pending = _Pending(trial, spec, key, cost.params, cost.flops, retry_of, time.time())
+        self.store.save_architecture(spec, params=cost.params, flops=cost.flops, input_size=self.input_size)
+        if any(v > 0 for v in violations):
+            # Never trained; told as complete-but-infeasible so a constraint-aware sampler
+            # (TPE, NSGA-II, GP with constraints_func) learns to avoid the region.
+            trial.set_user_attr("infeasible", True)
+            values = self._values(0.0, pending, latency=None)
+            self.study.tell(trial, values)
+            self.counts["infeasible"] += 1
+            self._emit(pending, "infeasible", values=values, reason="constraints")
+            return "infeasible"
+        # Duplicate of a finished run (this study or any other in the database)?
+        cached = self.known.get(key) or self.store.find_finished(*key)
+        if cached is not None:
+            self._answer_from(pending, cached)
+            return "cached"
+        # Duplicate of a candidate training right now: wait for it instead of training twice.
+        if key in self.inflight_keys:
+            self.waiting.setdefault(key, []).append(pending)
+            return "waiting"
+        self._seq += 1
+        pkey = f"{self.config.study}:{trial.number}:{self._seq}"
+        request = {"spec": spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
+        pending.ref = submit_trial(
+            request,
+            broker=self.broker,
+            num_cpus=self.config.cpus_per_trial,
+            num_gpus=self.config.gpus_per_trial,
+        )
+        self.pending[pkey] = pending
+        self.inflight_keys[key] = pkey
+        return "submitted"
+
+    def _values(self, accuracy: float, p: _Pending, latency: float | None) -> list[float]:
+        out = []
+        for o in self.config.objectives:
+            if o == "accuracy":
+                out.append(float(accuracy))
+            elif o == "params":
+                out.append(float(p.params))
+            elif o == "flops":
+                out.append(float(p.flops))
+            else:
+                out.append(float(latency) if latency is not None else float("inf"))
+        return out
+
+    # -- pruning ---------------------------------------------------------------------------------
+    def _handle_reports(self, reports: list[tuple[str, int, dict[str, Any]]]) -> None:
+        decisions = []
+        for pkey, epoch, metrics in reports:
+            p = self.pending.get(pkey)
+            if p is None:
+                decisions.append((pkey, epoch, True))
+                continue
+            p.last_epoch = epoch
+            p.epochs.append(metrics)
+            acc = metrics.get("val_accuracy")
+            stop = False
+            if acc is None or not math.isfinite(acc):
+                pass
+            elif self.mo_pruner is not None:
+                stop = self.mo_pruner.should_prune(epoch, (p.params, p.flops), acc)
+            elif not self.config.multi_objective:
+                p.trial.report(acc, epoch)
+                stop = epoch < self.epochs and p.trial.should_prune()
+            p.stop_sent = p.stop_sent or stop
+            decisions.append((pkey, epoch, stop))
+        if decisions:
+            self.broker.decide.remote(decisions)
+
+    # -- outcomes -------------------------------------------------------------------------------
+    def _finish(self, ray: Any, p: _Pending) -> None:
+        pkey = next(k for k, v in self.pending.items() if v is p)
+        del self.pending[pkey]
+        self.inflight_keys.pop(p.key, None)
+        try:
+            result = ray.get(p.ref)
+        except Exception as exc:  # noqa: BLE001 - a worker or node died: retry, do not crash
+            reason = f"worker_lost: {type(exc).__name__}"
+            self._record_lost(p, reason)
+            for w in self.waiting.pop(p.key, []):
+                self._resubmit_waiting(ray, w)
+            return
+        run = self._record_result(p, result)
+        for w in self.waiting.pop(p.key, []):
+            if run.state in ("complete", "pruned") or run.reason in ("nan_loss",):
+                self._answer_from(w, run)
+            else:
+                self._resubmit_waiting(ray, w)
+
+    def _resubmit_waiting(self, ray: Any, w: _Pending) -> None:
+        """The run a duplicate was waiting for did not finish: train the duplicate itself."""
+        from workers.ray_task import submit_trial
+
+        self._seq += 1
+        pkey = f"{self.config.study}:{w.trial.number}:{self._seq}"
+        request = {"spec": w.spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
+        w.ref = submit_trial(
+            request, broker=self.broker, num_cpus=self.config.cpus_per_trial,
+            num_gpus=self.config.gpus_per_trial,
+        )
+        self.pending[pkey] = w
+        self.inflight_keys[w.key] = pkey
+
+    def _record_result(self, p: _Pending, result: dict[str, Any]) -> RunRecord:
+        state = result.get("state", "failed")
+        acc = result.get("val_accuracy")
+        run = RunRecord(
+            id=None,
+            study=self.config.study,
+            trial_number=p.trial.number,
+            arch_id=p.spec.arch_id,
+            recipe_id=self.recipe.recipe_id,
+            dataset=self.recipe.dataset,
+            fidelity=self.epochs,
+            state=state,
+            reason=result.get("reason"),
+            val_accuracy=acc,
+            best_val_accuracy=result.get("best_val_accuracy"),
+            val_loss=result.get("val_loss"),
+            params=p.params,
+            flops=p.flops,
+            latency_ms=result.get("latency_ms"),
+            latency_ms_batch=result.get("latency_ms_batch"),
+            samples_per_s=result.get("samples_per_s"),
+            peak_memory_mb=result.get("peak_memory_mb"),
+            device=result.get("device"),
+            host=result.get("host"),
+            node_id=result.get("node_id"),
+            started=result.get("started") or p.started,
+            finished=result.get("finished") or time.time(),
+            duration_s=result.get("duration_s"),
+            retry_of=p.retry_of,
+            search_id=self.search_id,
+            extra={"traceback": result.get("traceback")} if result.get("traceback") else {},
+        )
+        epochs = [_epoch_record(e) for e in result.get("epochs") or []]
+        run.id = self.store.record_run(run, epochs, weights=result.get("weights"))
+        self.compute_s += float(result.get("duration_s") or 0.0)
+        for k, v in (("device", run.device), ("host", run.host), ("run_id", run.id),
+                     ("val_accuracy", acc), ("reason", run.reason)):
+            if v is not None:
+                p.trial.set_user_attr(k, v)
+        if state == "complete" and acc is not None and math.isfinite(acc):
+            values = self._values(acc, p, result.get("latency_ms"))
+            self.study.tell(p.trial, values)
+            self.counts["complete"] += 1
+            self.known[p.key] = run
+            self._update_best_from_run(run)
+            self._emit(p, "complete", values=values, run=run)
+        elif state == "pruned":
+            self.study.tell(p.trial, state=TrialState.PRUNED)
+            self.counts["pruned"] += 1
+            self.known.setdefault(p.key, run)
+            self._emit(p, "pruned", run=run)
+        else:
+            self.study.tell(p.trial, state=TrialState.FAIL)
+            self.counts["failed"] += 1
+            self._emit(p, "failed", run=run, reason=run.reason)
+        return run
+
+    def _record_lost(self, p: _Pending, reason: str) -> None:
+        run = RunRecord(
+            id=None, study=self.config.study, trial_number=p.trial.number, arch_id=p.spec.arch_id,
+            recipe_id=self.recipe.recipe_id, dataset=self.recipe.dataset, fidelity=self.epochs,
+            state="failed", reason=reason, params=p.params, flops=p.flops, started=p.started,
+            finished=time.time(), duration_s=time.time() - p.started, retry_of=p.retry_of,
+            search_id=self.search_id,
+        )
+        self.store.record_run(run, [_epoch_record(e) for e in p.epochs])
+        retried = self._tell_abandoned(p.trial.number, p.trial.params, p.trial.user_attrs, reason)
+        if not retried:  # a retried trial is accounted for by its retry
+            self.counts["failed"] += 1
+        self._emit(p, "failed", reason=reason + (" (retrying)" if retried else ""))
+
+    def _answer_from(self, p: _Pending, source: RunRecord) -> None:
+        """Tell a duplicate candidate the outcome of the run it duplicates; train nothing."""
+        run = RunRecord(
+            id=None, study=self.config.study, trial_number=p.trial.number, arch_id=p.spec.arch_id,
+            recipe_id=self.recipe.recipe_id, dataset=self.recipe.dataset, fidelity=self.epochs,
+            state=source.state, reason=source.reason, val_accuracy=source.val_accuracy,
+            best_val_accuracy=source.best_val_accuracy, val_loss=source.val_loss,
+            params=p.params, flops=p.flops, latency_ms=source.latency_ms,
+            latency_ms_batch=source.latency_ms_batch, samples_per_s=source.samples_per_s,
+            peak_memory_mb=source.peak_memory_mb, device=source.device, host=source.host,
+            started=time.time(), finished=time.time(), duration_s=0.0,
+            cached_from=source.cached_from or source.id, retry_of=p.retry_of,
+            search_id=self.search_id,
+        )
+        run.id = self.store.record_run(run)
+        p.trial.set_user_attr("cached_from", run.cached_from)
+        self.counts["cached"] += 1
+        if source.state == "complete":
+            values = self._values(source.val_accuracy or 0.0, p, source.latency_ms)
+            self.study.tell(p.trial, values)
+            self._update_best_from_run(run)
+        elif source.state == "pruned":
+            self.study.tell(p.trial, state=TrialState.PRUNED)
+            values = None
+        else:
+            self.study.tell(p.trial, state=TrialState.FAIL)
+            values = None
+        self._emit(p, "cached", values=values, run=run)
+
+    def _abandon_all(self, ray: Any, reason: str) -> None:
+        """Ctrl-C or a fatal error: cancel what runs, mark it, queue retries for the next run."""
+        for p in list(self.pending.values()):
+            try:
+                ray.cancel(p.ref, force=True)
+            except Exception:  # noqa: BLE001 - the task may be finished or gone already
+                pass
+            self._tell_abandoned(p.trial.number, p.trial.params, p.trial.user_attrs, reason)
+        for waiting in self.waiting.values():
+            for w in waiting:
+                self._tell_abandoned(w.trial.number, w.trial.params, w.trial.user_attrs, reason)
+        self.pending.clear()
+        self.waiting.clear()
+
+    def _update_best_from_run(self, run: RunRecord) -> None:
+        if run.state != "complete" or run.val_accuracy is None:
+            return
+        if self.best is None or run.val_accuracy > self.best["val_accuracy"]:
+            arch = self.store.architecture(run.arch_id)
+            summary = ArchitectureSpec.from_dict(arch).summary() if arch else run.arch_id
+            self.best = {
+                "trial": run.trial_number,
+                "val_accuracy": run.val_accuracy,
+                "arch_id": run.arch_id,
+                "params": run.params,
+                "summary": summary,
+            }
+
+    def _emit(self, p: _Pending, state: str, *, values=None, run: RunRecord | None = None,
+              reason: str | None = None) -> None:
+        event = TrialEvent(
+            number=p.trial.number,
+            state=state,
+            arch_id=p.spec.arch_id,
+            summary=p.spec.summary(),
+            values=values,
+            val_accuracy=run.val_accuracy if run else None,
+            params=p.params,
+            flops=p.flops,
+            duration_s=run.duration_s if run else None,
+            reason=reason or (run.reason if run else None),
+            cached_from=run.cached_from if run else None,
+            retry_of=p.retry_of,
+            host=run.host if run else None,
+        )
+        self.progress.trial(event, dict(self.counts), self.best)
+
+
+def _epoch_record(e: dict[str, Any]) -> EpochRecord:
+    return EpochRecord(
+        epoch=int(e.get("epoch", 0)),
+        train_loss=e.get("train_loss"),
+        val_loss=e.get("val_loss"),
+        val_accuracy=e.get("val_accuracy"),
+        lr=e.get("lr"),
+        seconds=e.get("seconds"),
+    )
+
+
+def _count_cached(store: Store, study: str) -> int:
+    return sum(1 for r in store.runs(study) if r.cached_from is not None)
+
+
+def _load_space(name: str) -> SearchSpace:
+    try:
+        return load_space(name)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+def _init_ray(config: SearchConfig) -> None:
+    import ray
+
+    kwargs: dict[str, Any] = dict(
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=False,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(config.cpus_per_trial)))}},
+    )
+    if config.ray_address:
+        try:
+            ray.init(address=config.ray_address, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UserError(f"cannot join the Ray cluster at {config.ray_address}: {first}") from None
+    else:
+        want = (config.workers or 0) * config.cpus_per_trial
+        ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(want))), **kwargs)
+
+
+def best_trials(
+    study: optuna.Study, store: Store, objectives: tuple[str, ...] | list[str]
+) -> list[dict[str, Any]]:
+    """The best trial (single objective) or the Pareto front (several), as plain dicts."""
+    runs = {r.trial_number: r for r in store.runs(study.study_name)}
+    if len(objectives) == 1:
+        ranked = sorted(
+            (r for r in runs.values() if r.state == "complete" and r.val_accuracy is not None),
+            key=lambda r: (-r.val_accuracy, r.params or 0, r.trial_number),
+        )
+        chosen = ranked[:1]
+    else:
+        try:
+            front = {t.number for t in study.best_trials}
+        except Exception:  # noqa: BLE001 - no complete trial yet
+            front = set()
+        chosen = sorted(
+            (runs[n] for n in front if n in runs and runs[n].state == "complete"),
+            key=lambda r: -(r.val_accuracy or 0),
+        )
+    out = []
+    for r in chosen:
+        arch = store.architecture(r.arch_id)
+        out.append(
+            {
+                "trial": r.trial_number,
+                "val_accuracy": r.val_accuracy,
+                "params": r.params,
+                "flops": r.flops,
+                "latency_ms": r.latency_ms,
+                "arch_id": r.arch_id,
+                "summary": ArchitectureSpec.from_dict(arch).summary() if arch else r.arch_id,
+                "cached_from": r.cached_from,
+            }
+        )
+    return out
+
+
+def run_search(config: SearchConfig, *, progress: Progress | None = None) -> SearchSummary:
+    """Run (or resume) the search `config` describes; see the module docstring."""
+    return Search(config, progress=progress).run()
+

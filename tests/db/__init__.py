@@ -1,0 +1,1 @@
+"""Contract tests of the SQL store (`db`), run on SQLite and PostgreSQL."""

@@ -1,0 +1,112 @@
+"""The Ray edge: `run_trial` as a Ray task, and the broker that carries per-epoch reports back.
+
+Only plain data crosses this boundary: request dicts in, result dicts out. The broker holds no
+database handle and no Optuna object; the orchestrator drains its reports, decides "stop" or
+"continue", and posts the decision back, so workers never need database credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import ray
+
+# How long a worker waits for the owner's pruning decision before it carries on training.
+# The owner answers within milliseconds; this only matters if the owner is gone.
+DECISION_TIMEOUT_S = 120.0
+
+
+@ray.remote(num_cpus=0, max_restarts=0)
+class ReportBroker:
+    """Mailbox between workers (who report epochs) and the owner (who decides pruning)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[str, int, dict[str, Any]]] = []
+        self._decisions: dict[tuple[str, int], bool] = {}
+        self._events: dict[tuple[str, int], asyncio.Event] = {}
+        self._new = asyncio.Event()
+
+    async def report(self, key: str, epoch: int, metrics: dict[str, Any]) -> bool:
+        """Called by a worker after each epoch; returns True when the trial must stop."""
+        event = asyncio.Event()
+        self._events[(key, epoch)] = event
+        self._pending.append((key, epoch, metrics))
+        self._new.set()
+        try:
+            await asyncio.wait_for(event.wait(), timeout=DECISION_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            return False
+        finally:
+            self._events.pop((key, epoch), None)
+        return self._decisions.pop((key, epoch), False)
+
+    async def next_reports(self, timeout: float) -> list[tuple[str, int, dict[str, Any]]]:
+        """Called by the owner: waits until at least one report is pending (or `timeout`)."""
+        if not self._pending:
+            self._new.clear()
+            try:
+                await asyncio.wait_for(self._new.wait(), timeout=timeout)
+            except asyncio.TimeoutError:
+                pass
+        pending, self._pending = self._pending, []
+        return pending
+
+    async def decide(self, decisions: list[tuple[str, int, bool]]) -> None:
+        """Called by the owner: wakes each waiting worker with its decision."""
+        for key, epoch, stop in decisions:
+            self._decisions[(key, epoch)] = stop
+            event = self._events.get((key, epoch))
+            if event is not None:
+                event.set()
+
+
+class BrokerReporter:
+    """The `Reporter` a Ray worker hands to `run_trial`: forwards epochs to the broker."""
+
+    def __init__(self, broker: Any, key: str) -> None:
+        self.broker = broker
+        self.key = key
+
+    def report(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        return bool(ray.get(self.broker.report.remote(self.key, epoch, metrics)))
+
+
+def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, Any]:
+    import torch
+
+    from workers import run_trial
+
+    torch.set_num_threads(max(1, threads))
+    reporter = BrokerReporter(broker, request.get("key", "")) if broker is not None else None
+    result = run_trial(request, reporter=reporter)
+    data = result.to_dict()
+    data["weights"] = result.weights
+    data["node_id"] = ray.get_runtime_context().get_node_id()
+    data["pid"] = os.getpid()
+    return data
+
+
+_remote_execute = ray.remote(_execute)
+
+
+def submit_trial(
+    request: dict[str, Any],
+    *,
+    broker: Any = None,
+    num_cpus: float = 1,
+    num_gpus: float = 0,
+) -> ray.ObjectRef:
+    """Start one trial as a Ray task with its CPU/GPU share; returns the ref of its result dict.
+
+    Ray's own retries are off (`max_retries=0`): a retried task would silently re-run the same
+    trial; the orchestrator decides retries and records them as new, linked trials.
+    """
+    threads = max(1, int(num_cpus)) if num_cpus else 1
+    return _remote_execute.options(
+        num_cpus=num_cpus,
+        num_gpus=num_gpus,
+        max_retries=0,
+        retry_exceptions=False,
+    ).remote(request, broker, threads)
