@@ -95,6 +95,7 @@ class Progress:
 
     def start(self, info: dict[str, Any]) -> None: ...
     def trial(self, event: TrialEvent, counts: dict[str, int], best: dict[str, Any] | None) -> None: ...
+    def epoch(self, number: int, epoch: int, metrics: dict[str, Any]) -> None: ...
     def tick(self, status: dict[str, Any]) -> None: ...
     def stop(self) -> None: ...
 
@@ -257,7 +258,7 @@ class Search:
             if s.id == self.search_id:
                 continue
             age = now - (s.heartbeat or s.started or 0)
-            if age < STALE_HEARTBEATS * self.config.heartbeat_s:
+            if _alive(s.host, s.pid) and age < STALE_HEARTBEATS * self.config.heartbeat_s:
                 raise UserError(
                     f"study `{self.config.study}` is being searched right now by {s.host} pid "
                     f"{s.pid} (heartbeat {age:.0f} s ago). Wait for it, or use another --study."
@@ -281,23 +282,25 @@ class Search:
 
     def _tell_abandoned(self, number: int, params: dict, attrs: dict, reason: str) -> bool:
         """Mark a trial that will never report as failed; queue a retry if allowed (-> True)."""
-        try:
-            self.study.tell(number, state=TrialState.FAIL)
-        except (ValueError, RuntimeError):
-            pass  # already finished by someone
         storage = self.study._storage
         trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        storage.set_trial_user_attr(trial_id, "reason", reason)
         attempt = int(attrs.get("attempt", 0))
-        if attempt < self.config.max_retries:
-            storage.set_trial_user_attr(trial_id, "retried", True)
+        retry = attempt < self.config.max_retries
+        try:
+            # Attributes first: a finished trial can no longer be changed.
+            storage.set_trial_user_attr(trial_id, "reason", reason)
+            if retry:
+                storage.set_trial_user_attr(trial_id, "retried", True)
+            self.study.tell(number, state=TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False  # somebody already finished it: nothing to retry
+        if retry:
             self.study.enqueue_trial(
                 params,
                 user_attrs={"retry_of": number, "attempt": attempt + 1},
                 skip_if_exists=False,
             )
-            return True
-        return False
+        return retry
 
     @staticmethod
     def _key_of(run: RunRecord) -> tuple:
@@ -482,6 +485,7 @@ class Search:
         }
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
+        _save_note(trial, spec, cost.params, cost.flops)
         # Constraint values > 0 mean "broken"; constraint-aware samplers learn from them.
         violations = []
         for name, value in (("params", cost.params), ("flops", cost.flops)):
@@ -546,6 +550,7 @@ class Search:
                 continue
             p.last_epoch = epoch
             p.epochs.append(metrics)
+            self.progress.epoch(p.trial.number, epoch, metrics)
             acc = metrics.get("val_accuracy")
             stop = False
             if acc is None or not math.isfinite(acc):
@@ -740,6 +745,43 @@ class Search:
             host=run.host if run else None,
         )
         self.progress.trial(event, dict(self.counts), self.best)
+
+
+def stage_markdown(spec: ArchitectureSpec, params: int, flops: int) -> str:
+    """A short Markdown stage table: the trial note optuna-dashboard shows (#734: conditional
+    params display poorly there, notes do not)."""
+    lines = [
+        f"**{spec.arch_id}** — {params:,} params, {flops:,} MACs, stem `{spec.stem}`"
+        f"{' (pre-activation)' if spec.preact else ''}",
+        "",
+        "| stage | blocks | width | stride | block | skip |",
+        "|---|---|---|---|---|---|",
+    ]
+    for i, st in enumerate(spec.stages, 1):
+        block = st.block if st.block == "basic" else f"bottleneck x{st.expansion} g{st.groups}"
+        lines.append(f"| {i} | {st.depth} | {st.width} | {st.stride} | {block} | {st.skip} |")
+    return "\n".join(lines)
+
+
+def _save_note(trial: optuna.trial.Trial, spec: ArchitectureSpec, params: int, flops: int) -> None:
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:  # pragma: no cover - the dashboard is a dependency, but optional here
+        return
+    save_note(trial, stage_markdown(spec, params, flops))
+
+
+def _alive(host: str | None, pid: int | None) -> bool:
+    """Whether a search driver may still be running (certain only on this host)."""
+    if host != socket.gethostname() or not pid:
+        return True  # another machine: only its heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _epoch_record(e: dict[str, Any]) -> EpochRecord:

@@ -151,6 +151,17 @@ class ArchitectureSpec:
         ):
             raise _fail("se_ratio", self.se_ratio, "a number in [0, 1) (0 = off)")
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
+        # Zero padding can add channels but never remove them (ResNet shortcut "A").
+        channels = self.stem_out
+        for i, stage in enumerate(stages):
+            if stage.skip == "zero_pad" and stage.branch_out < channels:
+                raise _fail(
+                    f"stages[{i}].skip",
+                    stage.skip,
+                    f"a skip other than 'zero_pad' where channels shrink "
+                    f"({channels} -> {stage.branch_out})",
+                )
+            channels = stage.out_channels(channels)
 
     # -- derived facts -------------------------------------------------------------------
     @property

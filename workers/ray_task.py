@@ -70,6 +70,7 @@ class BrokerReporter:
         self.key = key
 
     def report(self, epoch: int, metrics: dict[str, Any]) -> bool:
+        metrics = {**metrics, "pid": os.getpid()}
         return bool(ray.get(self.broker.report.remote(self.key, epoch, metrics)))
 
 

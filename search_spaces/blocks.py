@@ -1,0 +1,403 @@
+"""The building blocks of a residual network, each with a cost function beside it (pycls style).
+
+Every module here has a static `cost(...)` that returns its parameter count and multiply-adds
+from plain numbers alone, so `search_spaces.cost` can price a spec without building it. Keep
+each constructor and its cost function in step: the tests compare them on every zoo model and
+on random samples of every preset.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from search_spaces.spec import StageSpec
+
+# Skip types that add a shortcut to the branch; only these have a branch whose last norm
+# `zero_init_residual` zeroes (a plain or dense branch zeroed would just vanish).
+ADDITIVE_SKIPS = ("identity", "zero_pad", "projection", "gated")
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Parameters and multiply-adds of one module for one image, with its output resolution."""
+
+    params: int = 0
+    flops: int = 0
+    height: int = 0
+    width: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(self.params + other.params, self.flops + other.flops, other.height, other.width)
+
+
+def conv_out(size: int, kernel: int, stride: int) -> int:
+    """Output size of a conv with `padding = kernel // 2` (the only padding used here)."""
+    return (size + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+def conv_cost(
+    in_ch: int,
+    out_ch: int,
+    kernel: int,
+    stride: int,
+    h: int,
+    w: int,
+    groups: int = 1,
+    bias: bool = False,
+) -> Cost:
+    ho, wo = conv_out(h, kernel, stride), conv_out(w, kernel, stride)
+    weights = out_ch * (in_ch // groups) * kernel * kernel
+    return Cost(weights + (out_ch if bias else 0), weights * ho * wo, ho, wo)
+
+
+def bn_cost(channels: int, h: int, w: int) -> Cost:
+    return Cost(2 * channels, 0, h, w)
+
+
+def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False
+    )
+
+
+# -- stem ----------------------------------------------------------------------------------
+class Stem(nn.Module):
+    """`imagenet`: 7x7/2 conv-BN-ReLU + 3x3/2 max-pool; `cifar`: 3x3/1 conv-BN-ReLU.
+
+    With pre-activation the `cifar` stem is a bare conv: the first block's BN-ReLU follows
+    (He et al. 2016, as in their CIFAR code). The `imagenet` stem keeps its BN-ReLU because
+    the max-pool needs an activated input.
+    """
+
+    def __init__(self, kind: str, in_channels: int, width: int, preact: bool = False) -> None:
+        super().__init__()
+        self.kind = kind
+        kernel, stride = (7, 2) if kind == "imagenet" else (3, 1)
+        self.conv = conv(in_channels, width, kernel, stride)
+        self.bn = None if (preact and kind == "cifar") else nn.BatchNorm2d(width)
+        self.pool = nn.MaxPool2d(3, stride=2, padding=1) if kind == "imagenet" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is not None:
+            x = F.relu(self.bn(x))
+        if self.pool is not None:
+            x = self.pool(x)
+        return x
+
+    @staticmethod
+    def cost(kind: str, in_channels: int, width: int, preact: bool, h: int, w: int) -> Cost:
+        if kind == "none":
+            return Cost(0, 0, h, w)
+        kernel, stride = (7, 2) if kind == "imagenet" else (3, 1)
+        c = conv_cost(in_channels, width, kernel, stride, h, w)
+        if not (preact and kind == "cifar"):
+            c = c + bn_cost(width, c.height, c.width)
+        if kind == "imagenet":
+            c = c + Cost(0, 0, conv_out(c.height, 3, 2), conv_out(c.width, 3, 2))
+        return c
+
+
+# -- squeeze-excitation and shortcuts -------------------------------------------------------
+class SqueezeExcite(nn.Module):
+    """Channel attention on the branch output (Hu et al. 2018): pool, reduce, expand, gate."""
+
+    def __init__(self, channels: int, reduced: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, reduced, 1, bias=True)
+        self.expand = nn.Conv2d(reduced, channels, 1, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(s))))
+
+    @staticmethod
+    def reduced(channels: int, se_ratio: float) -> int:
+        return max(1, int(channels * se_ratio))
+
+    @staticmethod
+    def cost(channels: int, reduced: int, h: int, w: int) -> Cost:
+        # Both 1x1 convs see the pooled 1x1 map; the output keeps the input's resolution.
+        params = channels * reduced + reduced + reduced * channels + channels
+        return Cost(params, 2 * channels * reduced, h, w)
+
+
+class Projection(nn.Module):
+    """1x1 strided conv (+ BN, except in pre-activation blocks): ResNet shortcut "B"/"C"."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int, with_bn: bool = True) -> None:
+        super().__init__()
+        self.conv = conv(in_ch, out_ch, 1, stride)
+        self.bn = nn.BatchNorm2d(out_ch) if with_bn else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        return x if self.bn is None else self.bn(x)
+
+    @staticmethod
+    def cost(in_ch: int, out_ch: int, stride: int, h: int, w: int, with_bn: bool = True) -> Cost:
+        c = conv_cost(in_ch, out_ch, 1, stride, h, w)
+        return c + bn_cost(out_ch, c.height, c.width) if with_bn else c
+
+
+class ZeroPad(nn.Module):
+    """Parameter-free shortcut "A": strided subsampling, then zero channels appended."""
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__()
+        if out_ch < in_ch:
+            raise ValueError(
+                f"`skip` got 'zero_pad' with channels {in_ch} -> {out_ch}; allowed: zero_pad "
+                "only where channels do not shrink"
+            )
+        self.stride = stride
+        self.extra = out_ch - in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, 0, self.extra)) if self.extra else x
+
+
+def make_shortcut(
+    skip: str, in_ch: int, out_ch: int, stride: int, preact: bool
+) -> nn.Module | None:
+    """The shortcut module of one block (None for `none`: a plain block has no shortcut)."""
+    changes = stride != 1 or in_ch != out_ch
+    if skip == "none":
+        return None
+    if skip == "dense":
+        # Pooling (not a conv) keeps the concatenated input parameter-free, as in DenseNet.
+        return nn.AvgPool2d(2, stride=2, ceil_mode=True) if stride != 1 else nn.Identity()
+    if skip == "projection" or (changes and skip in ("identity", "gated")):
+        return Projection(in_ch, out_ch, stride, with_bn=not preact)
+    if skip == "zero_pad" and changes:
+        return ZeroPad(in_ch, out_ch, stride)
+    return nn.Identity()
+
+
+def shortcut_cost(
+    skip: str, in_ch: int, out_ch: int, stride: int, preact: bool, h: int, w: int
+) -> Cost:
+    changes = stride != 1 or in_ch != out_ch
+    if skip == "projection" or (changes and skip in ("identity", "gated")):
+        return Projection.cost(in_ch, out_ch, stride, h, w, with_bn=not preact)
+    return Cost(0, 0, conv_out(h, 1, stride), conv_out(w, 1, stride))
+
+
+# -- residual blocks -----------------------------------------------------------------------
+class ResidualBlock(nn.Module):
+    """What every block shares: the shortcut, squeeze-excitation, gate and the merge.
+
+    Subclasses build the branch F(x) in `_branch` (post-activation: conv-BN-ReLU ... conv-BN;
+    pre-activation: BN-ReLU-conv ...). The merge depends on `skip`:
+    `none` F(x) · `dense` concat[shortcut(x), F(x)] · `gated` shortcut(x) + a F(x) ·
+    otherwise shortcut(x) + F(x). Post-activation blocks end with a ReLU.
+    """
+
+    expansion = 1
+
+    def __init__(
+        self,
+        in_ch: int,
+        stage: StageSpec,
+        stride: int,
+        *,
+        preact: bool = False,
+        se_ratio: float = 0.0,
+        zero_init_residual: bool = False,
+    ) -> None:
+        super().__init__()
+        self.skip = stage.skip
+        self.preact = preact
+        out = stage.branch_out
+        self.se = SqueezeExcite(out, SqueezeExcite.reduced(out, se_ratio)) if se_ratio > 0 else None
+        self.shortcut = make_shortcut(stage.skip, in_ch, out, stride, preact)
+        # Pre-activation projections read the activated input, like He et al.'s code.
+        self.shortcut_reads_preact = preact and isinstance(self.shortcut, Projection)
+        self.gate = nn.Parameter(torch.zeros(())) if stage.skip == "gated" else None
+        self.zero_init_residual = zero_init_residual and stage.skip in ADDITIVE_SKIPS
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        raise NotImplementedError
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch_in = F.relu(self.bn1(x)) if self.preact else x
+        out = self._branch(branch_in)
+        if self.se is not None:
+            out = self.se(out)
+        if self.shortcut is None:
+            y = out
+        else:
+            short = self.shortcut(branch_in if self.shortcut_reads_preact else x)
+            if self.skip == "dense":
+                y = torch.cat([short, out], dim=1)
+            elif self.gate is not None:
+                y = short + self.gate * out
+            else:
+                y = short + out
+        return y if self.preact else F.relu(y)
+
+    @classmethod
+    def cost(
+        cls,
+        in_ch: int,
+        stage: StageSpec,
+        stride: int,
+        preact: bool,
+        se_ratio: float,
+        h: int,
+        w: int,
+    ) -> Cost:
+        c = cls._branch_cost(in_ch, stage, stride, preact, h, w)
+        out = stage.branch_out
+        if se_ratio > 0:
+            c = c + SqueezeExcite.cost(out, SqueezeExcite.reduced(out, se_ratio), c.height, c.width)
+        if stage.skip != "none":
+            s = shortcut_cost(stage.skip, in_ch, out, stride, preact, h, w)
+            c = c + Cost(s.params, s.flops, c.height, c.width)
+        if stage.skip == "gated":
+            c = c + Cost(1, 0, c.height, c.width)
+        return c
+
+    @staticmethod
+    def _branch_cost(
+        in_ch: int, stage: StageSpec, stride: int, preact: bool, h: int, w: int
+    ) -> Cost:
+        raise NotImplementedError
+
+
+class BasicBlock(ResidualBlock):
+    """Two 3x3 convs; the first carries the stride. Outputs `width` channels."""
+
+    expansion = 1
+
+    def __init__(self, in_ch: int, stage: StageSpec, stride: int, **options) -> None:
+        super().__init__(in_ch, stage, stride, **options)
+        width = stage.width
+        self.bn1 = nn.BatchNorm2d(in_ch if self.preact else width)
+        self.conv1 = conv(in_ch, width, 3, stride)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv2 = conv(width, width, 3)
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn2
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preact:
+            return self.conv2(F.relu(self.bn2(self.conv1(x))))
+        return self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+
+    @staticmethod
+    def _branch_cost(
+        in_ch: int, stage: StageSpec, stride: int, preact: bool, h: int, w: int
+    ) -> Cost:
+        width = stage.width
+        c1 = conv_cost(in_ch, width, 3, stride, h, w)
+        c2 = conv_cost(width, width, 3, 1, c1.height, c1.width)
+        norms = Cost(2 * (in_ch if preact else width) + 2 * width, 0)
+        return norms + c1 + c2
+
+
+class BottleneckBlock(ResidualBlock):
+    """1x1 reduce, 3x3 grouped conv with the stride (torchvision v1.5), 1x1 expand."""
+
+    expansion = 4  # the class default; a stage may set its own (`StageSpec.expansion`)
+
+    def __init__(self, in_ch: int, stage: StageSpec, stride: int, **options) -> None:
+        super().__init__(in_ch, stage, stride, **options)
+        inner, out = stage.inner_width, stage.branch_out
+        self.bn1 = nn.BatchNorm2d(in_ch if self.preact else inner)
+        self.conv1 = conv(in_ch, inner, 1)
+        self.bn2 = nn.BatchNorm2d(inner)
+        self.conv2 = conv(inner, inner, 3, stride, groups=stage.groups)
+        self.bn3 = nn.BatchNorm2d(inner if self.preact else out)
+        self.conv3 = conv(inner, out, 1)
+
+    def last_norm(self) -> nn.BatchNorm2d:
+        return self.bn3
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.preact:
+            x = F.relu(self.bn2(self.conv1(x)))
+            return self.conv3(F.relu(self.bn3(self.conv2(x))))
+        x = F.relu(self.bn1(self.conv1(x)))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.bn3(self.conv3(x))
+
+    @staticmethod
+    def _branch_cost(
+        in_ch: int, stage: StageSpec, stride: int, preact: bool, h: int, w: int
+    ) -> Cost:
+        inner, out = stage.inner_width, stage.branch_out
+        c1 = conv_cost(in_ch, inner, 1, 1, h, w)
+        c2 = conv_cost(inner, inner, 3, stride, h, w, groups=stage.groups)
+        c3 = conv_cost(inner, out, 1, 1, c2.height, c2.width)
+        if preact:
+            norms = Cost(2 * (in_ch + inner + inner), 0)
+        else:
+            norms = Cost(2 * (inner + inner + out), 0)
+        return norms + c1 + c2 + c3
+
+
+BLOCKS: dict[str, type[ResidualBlock]] = {"basic": BasicBlock, "bottleneck": BottleneckBlock}
+
+
+def block_inputs(stage: StageSpec, in_ch: int) -> list[tuple[int, int]]:
+    """(input channels, stride) of each block of a stage: the first block carries the stride."""
+    result, channels = [], in_ch
+    for i in range(stage.depth):
+        result.append((channels, stage.stride if i == 0 else 1))
+        channels = channels + stage.branch_out if stage.skip == "dense" else stage.branch_out
+    return result
+
+
+def make_stage(
+    stage: StageSpec,
+    in_ch: int,
+    *,
+    preact: bool = False,
+    se_ratio: float = 0.0,
+    zero_init_residual: bool = False,
+) -> nn.Sequential:
+    """The `stage.depth` blocks of one stage, as an `nn.Sequential` (names `0`, `1`, ...).
+
+    Args:
+        stage: what the stage is.
+        in_ch: channels entering the stage.
+        preact: pre-activation blocks.
+        se_ratio: squeeze-excitation ratio (0 = off).
+        zero_init_residual: mark additive blocks for a zeroed last norm (see `init_weights`).
+    """
+    block_cls = BLOCKS[stage.block]
+    return nn.Sequential(
+        *(
+            block_cls(
+                channels,
+                stage,
+                stride,
+                preact=preact,
+                se_ratio=se_ratio,
+                zero_init_residual=zero_init_residual,
+            )
+            for channels, stride in block_inputs(stage, in_ch)
+        )
+    )
+
+
+def stage_cost(stage: StageSpec, in_ch: int, preact: bool, se_ratio: float, h: int, w: int) -> Cost:
+    """Cost of `make_stage(stage, in_ch, ...)` on an `h` x `w` input."""
+    block_cls = BLOCKS[stage.block]
+    total = Cost(0, 0, h, w)
+    for channels, stride in block_inputs(stage, in_ch):
+        total = total + block_cls.cost(
+            channels, stage, stride, preact, se_ratio, total.height, total.width
+        )
+    return total

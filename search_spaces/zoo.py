@@ -1,0 +1,139 @@
+"""Named reference architectures: the real ResNet family, written as specs.
+
+They prove the spec expresses the published networks exactly: the tests compare parameter
+counts with torchvision (ImageNet models) and He et al. 2016 (CIFAR models).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+from search_spaces.spec import ArchitectureSpec, StageSpec
+
+IMAGENET_WIDTHS = (64, 128, 256, 512)
+CIFAR_WIDTHS = (16, 32, 64)
+
+
+def imagenet_resnet(
+    depths: tuple[int, ...],
+    block: str,
+    *,
+    groups: int = 1,
+    width_per_group: int = 64,
+    name: str | None = None,
+) -> ArchitectureSpec:
+    """A torchvision-style ImageNet ResNet (shortcut "B": projection where the shape changes).
+
+    Args:
+        depths: blocks per stage (four stages, widths 64..512, strides 1, 2, 2, 2).
+        block: `basic` or `bottleneck` (expansion 4).
+        groups: groups of the bottleneck 3x3 conv (ResNeXt).
+        width_per_group: base width per group (128 gives Wide ResNet-50-2).
+        name: label stored in the spec.
+    """
+    if len(depths) != len(IMAGENET_WIDTHS):
+        raise ValueError(f"`depths` got {depths!r}; allowed: four blocks-per-stage counts")
+    stages = tuple(
+        StageSpec(
+            depth=d,
+            width=w,
+            stride=1 if i == 0 else 2,
+            block=block,
+            groups=groups,
+            width_per_group=width_per_group,
+            skip="identity",
+        )
+        for i, (d, w) in enumerate(zip(depths, IMAGENET_WIDTHS, strict=True))
+    )
+    return ArchitectureSpec(
+        stages=stages, stem="imagenet", stem_width=64, in_channels=3, num_classes=1000, name=name
+    )
+
+
+def cifar_resnet(
+    depth: int, skip: str = "zero_pad", *, name: str | None = None
+) -> ArchitectureSpec:
+    """He et al. 2016 section 4.2: `6n+2` layers, three stages of `n` basic blocks, 16/32/64.
+
+    Args:
+        depth: total weighted layers, `6n + 2` (20, 32, 44, 56, 110, ...).
+        skip: `zero_pad` (option A, the paper's choice), `none` for the plain nets, or any
+            other skip type.
+        name: label stored in the spec.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"`depth` got {depth!r}; allowed: 6n + 2 with n >= 1 (20, 32, 56, ...)")
+    n = (depth - 2) // 6
+    stages = tuple(
+        StageSpec(depth=n, width=w, stride=1 if i == 0 else 2, block="basic", skip=skip)
+        for i, w in enumerate(CIFAR_WIDTHS)
+    )
+    return ArchitectureSpec(
+        stages=stages, stem="cifar", stem_width=16, in_channels=3, num_classes=10, name=name
+    )
+
+
+def preact_resnet18(name: str | None = None) -> ArchitectureSpec:
+    """Pre-activation ResNet-18 for CIFAR (He et al. 2016 "Identity Mappings"; 3x3 stem 64)."""
+    stages = tuple(
+        StageSpec(depth=2, width=w, stride=1 if i == 0 else 2, block="basic", skip="identity")
+        for i, w in enumerate(IMAGENET_WIDTHS)
+    )
+    return ArchitectureSpec(
+        stages=stages, stem="cifar", stem_width=64, preact=True, num_classes=10, name=name
+    )
+
+
+_REGISTRY: dict[str, Callable[[str], ArchitectureSpec]] = {
+    "resnet18": lambda n: imagenet_resnet((2, 2, 2, 2), "basic", name=n),
+    "resnet34": lambda n: imagenet_resnet((3, 4, 6, 3), "basic", name=n),
+    "resnet50": lambda n: imagenet_resnet((3, 4, 6, 3), "bottleneck", name=n),
+    "resnet101": lambda n: imagenet_resnet((3, 4, 23, 3), "bottleneck", name=n),
+    "resnet152": lambda n: imagenet_resnet((3, 8, 36, 3), "bottleneck", name=n),
+    "resnext50_32x4d": lambda n: imagenet_resnet(
+        (3, 4, 6, 3), "bottleneck", groups=32, width_per_group=4, name=n
+    ),
+    "wide_resnet50_2": lambda n: imagenet_resnet(
+        (3, 4, 6, 3), "bottleneck", width_per_group=128, name=n
+    ),
+    "resnet20": lambda n: cifar_resnet(20, name=n),
+    "resnet32": lambda n: cifar_resnet(32, name=n),
+    "resnet44": lambda n: cifar_resnet(44, name=n),
+    "resnet56": lambda n: cifar_resnet(56, name=n),
+    "resnet110": lambda n: cifar_resnet(110, name=n),
+    "plain20": lambda n: cifar_resnet(20, "none", name=n),
+    "plain56": lambda n: cifar_resnet(56, "none", name=n),
+    "plain110": lambda n: cifar_resnet(110, "none", name=n),
+    "preact_resnet18": lambda n: preact_resnet18(name=n),
+}
+
+
+def names() -> list[str]:
+    """Names of the reference architectures, ImageNet models first."""
+    return list(_REGISTRY)
+
+
+def get(
+    name: str, num_classes: int | None = None, in_channels: int | None = None
+) -> ArchitectureSpec:
+    """A reference architecture by name.
+
+    Args:
+        name: one of `names()`.
+        num_classes: outputs of the head (default: 1000 for ImageNet models, 10 for CIFAR ones).
+        in_channels: input channels (default 3).
+
+    Returns:
+        The spec, with `name` set.
+    """
+    factory = _REGISTRY.get(name)
+    if factory is None:
+        raise ValueError(f"`name` got {name!r}; allowed: {', '.join(names())}")
+    spec = factory(name)
+    changes = {}
+    if num_classes is not None:
+        changes["num_classes"] = num_classes
+    if in_channels is not None:
+        changes["in_channels"] = in_channels
+    return replace(spec, **changes) if changes else spec

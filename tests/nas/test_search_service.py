@@ -1,0 +1,197 @@
+"""The search service: pruning, multi-objective fronts, dedup, constraints and surviving faults.
+
+Real Ray, real Lightning training on digits, the real SQL store.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from db import Store
+from nas.config import build_config
+from nas.samplers import CostAwareHalving
+from nas.search import Progress, run_search
+
+TINY_SPACE = """
+name: tiny
+description: four architectures only
+stem: cifar
+stem_width: 8
+stages:
+  - {stride: 1, depth: [1], width: [8], skip: [identity, projection]}
+  - {stride: 2, depth: [1], width: [16], skip: [identity, projection]}
+"""
+
+
+def _config(url: str, study: str, **overrides):
+    train = overrides.pop("train", {"epochs": 2})
+    flags = {"study": study, "storage": url, "space": "resnet", "trials": 6, "workers": 2,
+             "seed": 1, "train": train}
+    flags.update(overrides)
+    return build_config({}, flags, "flags")
+
+
+def _optuna_trials(url: str, study: str):
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+
+
+def test_asha_prunes_some_trials_early(ray_local, sqlite_url):
+    summary = run_search(_config(sqlite_url, "asha", trials=10, pruner="asha", train={"epochs": 4}))
+    runs = Store(sqlite_url).runs("asha")
+    pruned = [r for r in runs if r.state == "pruned"]
+    assert summary.counts["pruned"] >= 1, summary.counts
+    store = Store(sqlite_url)
+    for r in pruned:
+        assert len(store.epochs(r.id)) < 4 or r.cached_from is not None
+    states = {t.state for t in _optuna_trials(sqlite_url, "asha")}
+    assert optuna.trial.TrialState.PRUNED in states
+
+
+def test_multi_objective_search_returns_a_pareto_front_and_still_prunes(ray_local, sqlite_url):
+    summary = run_search(
+        _config(sqlite_url, "mo", trials=12, objectives="accuracy,params", pruner="asha",
+                train={"epochs": 3}, seed=3)
+    )
+    front = summary.best
+    assert front, "a multi-objective search must report its Pareto front"
+    for a in front:  # no point of the front dominates another
+        for b in front:
+            if a is not b:
+                assert not (
+                    a["val_accuracy"] >= b["val_accuracy"] and a["params"] <= b["params"]
+                    and (a["val_accuracy"], a["params"]) != (b["val_accuracy"], b["params"])
+                )
+    assert summary.counts["pruned"] >= 1, summary.counts
+    study = optuna.load_study(study_name="mo", storage=sqlite_url)
+    assert len(study.directions) == 2
+
+
+def test_cost_aware_halving_only_compares_with_cheaper_candidates():
+    rule = CostAwareHalving(epochs=9)
+    # Three big, accurate models reach rung 1.
+    for acc in (0.9, 0.92, 0.95):
+        assert not rule.should_prune(1, (1_000_000.0,), acc) or acc < 0.95
+    # A tiny model with lower accuracy is not pruned: nothing as cheap beats it.
+    assert rule.should_prune(1, (1_000.0,), 0.5) is False
+    # A big model that loses to cheaper-or-equal ones is pruned.
+    assert rule.should_prune(1, (2_000_000.0,), 0.3) is True
+    # Epochs between rungs never prune.
+    assert rule.should_prune(2, (2_000_000.0,), 0.0) is False
+
+
+def test_duplicates_are_trained_once_and_answered_from_the_store(ray_local, sqlite_url, tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    summary = run_search(
+        _config(sqlite_url, "dups", space=str(space), trials=10, pruner="none", sampler="random")
+    )
+    runs = Store(sqlite_url).runs("dups")
+    assert len(runs) == 10
+    trained = [r for r in runs if r.cached_from is None]
+    assert len({r.arch_id for r in trained}) == len(trained) <= 4
+    assert summary.counts["cached"] == 10 - len(trained) >= 6
+    by_id = {r.id: r for r in runs}
+    for r in runs:
+        if r.cached_from is not None:
+            source = by_id[r.cached_from]
+            assert (source.arch_id, source.val_accuracy) == (r.arch_id, r.val_accuracy)
+
+
+def test_no_trained_trial_exceeds_max_params(ray_local, sqlite_url):
+    limit = 40_000
+    summary = run_search(_config(sqlite_url, "budget", trials=6, max_params=limit, pruner="none"))
+    runs = Store(sqlite_url).runs("budget")
+    assert runs and all(r.params <= limit for r in runs)
+    infeasible = [t for t in _optuna_trials(sqlite_url, "budget") if t.user_attrs.get("infeasible")]
+    assert summary.counts["infeasible"] == len(infeasible)
+    assert all(t.user_attrs["params"] > limit for t in infeasible)
+    assert all(t.constraints.get("params", 0) > 0 for t in infeasible)
+    assert not [r for r in runs if r.arch_id in {t.user_attrs["arch_id"] for t in infeasible}]
+
+
+class KillFirstWorker(Progress):
+    """SIGKILLs the Ray worker process of the first trial that reports its second epoch."""
+
+    def __init__(self) -> None:
+        self.killed: list[tuple[int, int]] = []
+
+    def epoch(self, number: int, epoch: int, metrics: dict) -> None:
+        if not self.killed and epoch >= 2:
+            os.kill(metrics["pid"], signal.SIGKILL)
+            self.killed.append((number, metrics["pid"]))
+
+
+def test_a_killed_worker_leads_to_a_retried_trial(ray_local, sqlite_url):
+    killer = KillFirstWorker()
+    summary = run_search(
+        _config(sqlite_url, "killworker", trials=4, pruner="none", train={"epochs": 4}),
+        progress=killer,
+    )
+    assert killer.killed, "no trial worker was killed"
+    victim = killer.killed[0][0]
+    runs = Store(sqlite_url).runs("killworker")
+    lost = [r for r in runs if r.reason and r.reason.startswith("worker_lost")]
+    assert [r.trial_number for r in lost] == [victim], [(r.trial_number, r.state, r.reason) for r in runs]
+    retries = [r for r in runs if r.retry_of == victim]
+    assert len(retries) == 1 and retries[0].state == "complete"
+    trials = _optuna_trials(sqlite_url, "killworker")
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    counted = [t for t in trials if not t.user_attrs.get("retried")]
+    assert len(counted) == 4 and all(t.state.is_finished() for t in counted)
+    assert trials[victim].params == trials[retries[0].trial_number].params
+    assert summary.status == "finished"
+
+
+def _nas_search(url: str, study: str, trials: int) -> list[str]:
+    return [sys.executable, "-m", "nas", "search", "--study", study, "--storage", url,
+            "--trials", str(trials), "--workers", "2", "--epochs", "6", "--pruner", "none",
+            "--seed", "2", "--quiet"]
+
+
+def _wait_for_runs(url: str, study: str, n: int, timeout: float = 120) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if len(Store(url).runs(study)) >= n:
+                return
+        except Exception:  # noqa: BLE001 - the database may not exist yet
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"no {n} runs of {study} within {timeout} s")
+
+
+@pytest.mark.parametrize("how", ["sigkill", "sigint"])
+def test_killed_or_interrupted_driver_resumes_with_nothing_left_running(how, sqlite_url):
+    cmd = _nas_search(sqlite_url, "resume", trials=5)
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_runs(sqlite_url, "resume", 1)
+        if how == "sigkill":
+            os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        else:
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    if how == "sigint":
+        assert proc.returncode == 130, err
+        assert "Resume with the same command" in err
+        assert "Traceback" not in err
+    before = {r.trial_number for r in Store(sqlite_url).runs("resume") if r.state == "complete"}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    trials = _optuna_trials(sqlite_url, "resume")
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    counted = [t for t in trials if not t.user_attrs.get("retried")]
+    assert len(counted) == 5 and all(t.state.is_finished() for t in counted)
+    after = {r.trial_number for r in Store(sqlite_url).runs("resume") if r.state == "complete"}
+    assert before <= after  # nothing finished was lost

@@ -1,0 +1,85 @@
+"""Complexity from the spec alone agrees with the built model and torch's FLOP counter."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from search_spaces import build_model, complexity, load_space, zoo
+from search_spaces.cost import stage_costs
+from search_spaces.spec import SKIP_TYPES
+from tests.search_spaces.helpers import small_spec
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+PRESETS = {"resnet": (1, 8), "resnet-cifar": (3, 32), "resnext": (3, 32), "skip-ablation": (3, 32)}
+
+
+def measured(spec, size: int, device: str = "cpu") -> tuple[int, int]:
+    """(parameters, multiply-adds) of the real model, counted by torch.
+
+    Small models run faster on the CPU than on the meta device (less dispatch overhead).
+    """
+    with torch.device(device):
+        model = build_model(spec)
+        x = torch.zeros(1, spec.in_channels, size, size)
+        with FlopCounterMode(display=False) as counter:
+            model(x)
+    return sum(p.numel() for p in model.parameters()), counter.get_total_flops() // 2
+
+
+def assert_matches(spec, size: int, device: str = "cpu") -> None:
+    params, macs = measured(spec, size, device)
+    predicted = complexity(spec, size)
+    assert predicted.params == params, spec.summary()
+    assert predicted.flops == pytest.approx(macs, rel=0.01), spec.summary()
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_complexity_matches_the_zoo_models(name):
+    spec = zoo.get(name)
+    if spec.stem == "imagenet":
+        # Shapes only (no weights, no arithmetic): the full 224x224 forward costs nothing.
+        assert_matches(spec, 224, device="meta")
+    else:
+        assert_matches(spec, 32)
+
+
+@pytest.mark.parametrize("skip", SKIP_TYPES)
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+@pytest.mark.parametrize("preact", [False, True])
+def test_complexity_matches_every_block_option_on_cpu(skip, block, preact):
+    spec = small_spec(skip, block, preact=preact, se_ratio=0.25)
+    assert_matches(spec, 9)  # odd size: strided layers round up
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_complexity_matches_50_random_specs_of_each_preset(name):
+    in_channels, size = PRESETS[name]
+    space = load_space(name)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    for _ in range(50):
+        trial = study.ask()
+        assert_matches(space.suggest(trial, in_channels=in_channels, num_classes=10), size)
+        study.tell(trial, 0.0)
+
+
+def test_stage_costs_add_up_and_describe_resolutions():
+    spec = zoo.get("resnet50")
+    rows = stage_costs(spec, 224)
+    assert [r["name"] for r in rows] == ["stem", "stage1", "stage2", "stage3", "stage4", "head"]
+    assert [r["resolution"] for r in rows[1:5]] == [(56, 56), (28, 28), (14, 14), (7, 7)]
+    assert [r["out_channels"] for r in rows[1:5]] == [256, 512, 1024, 2048]
+    total = complexity(spec, 224)
+    assert sum(r["params"] for r in rows) == total.params
+    assert sum(r["flops"] for r in rows) == total.flops
+
+
+def test_rectangular_inputs_and_bad_sizes():
+    spec = zoo.get("resnet20")
+    assert complexity(spec, (32, 16)).flops < complexity(spec, 32).flops
+    assert_matches(spec, 32)
+    for bad in (0, (32,), "32", True, (32, -1)):
+        with pytest.raises(ValueError, match="`input_size`"):
+            complexity(spec, bad)
