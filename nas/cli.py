@@ -97,8 +97,6 @@ def search(
 ) -> None:
     """Run (or resume) a search: propose, train on Ray, record, prune."""
     from nas.config import build_config, load_config_file
-    from nas.progress import JsonProgress, QuietProgress, RichProgress
-    from nas.search import run_search
 
     file_values = load_config_file(config_file) if config_file else {}
     flags = {
@@ -112,6 +110,10 @@ def search(
     }
     source = str(config_file) if config_file else "flags"
     config = build_config(file_values, flags, source)
+    quiet_optuna()
+    from nas.progress import JsonProgress, QuietProgress, RichProgress
+    from nas.search import run_search
+
     progress = JsonProgress() if json_lines else QuietProgress() if quiet else RichProgress(console)
     try:
         summary = run_search(config, progress=progress)
@@ -253,6 +255,36 @@ def retrain(
     console.print(f"export the best: nas export {report.study} --storage {storage} --out exports/{report.study}", highlight=False, soft_wrap=True)
 
 
+# -- analyze ------------------------------------------------------------------------------------
+@app.command()
+@user_errors
+def analyze(
+    study: Annotated[str, typer.Argument(help="Study to analyse (it may still be running).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained, opens offline).")] = Path("report.html"),
+    png: Annotated[Path | None, typer.Option(help="Also write each figure as a PNG file in this directory.")] = None,
+    storage: StorageOpt = DEFAULT_STORAGE,
+    top: Annotated[int, typer.Option(help="Rows of the top-architectures table.")] = 10,
+) -> None:
+    """Write an HTML report: history, parameter importance, Pareto front, cost plots, accuracy by depth per skip type, error EDFs, top architectures. Reads only."""
+    from db import Store
+    from nas.analyze import analyze as write_report
+
+    # migrate=False: analysis never writes; a store behind the code's schema says so instead.
+    data = write_report(Store(storage, migrate=False), study, out, png_dir=png, top=max(1, top))
+    c = data["counts"]
+    best = data["best"]
+    best_text = f"best val_accuracy {best['val_accuracy']:.4f} (trial {best['trial']})" if best else "no complete trial yet"
+    console.print(
+        f"wrote {out} for `{study}`: {c.get('complete', 0)} complete, {c.get('pruned', 0)} pruned, "
+        f"{c.get('failed', 0)} failed, {c.get('running', 0)} running; {best_text}",
+        highlight=False, soft_wrap=True,
+    )
+    if data["importance"]["note"]:
+        console.print(f"  note: {data['importance']['note']}", highlight=False, soft_wrap=True)
+    if png is not None:
+        console.print(f"  figures also in {png}/", highlight=False, soft_wrap=True)
+
+
 # -- dashboard ----------------------------------------------------------------------------------
 @app.command()
 @user_errors
@@ -263,9 +295,10 @@ def dashboard(
 ) -> None:
     """Serve optuna-dashboard for the storage (127.0.0.1 only unless --host says otherwise)."""
     from nas.errors import mask_url
-    from nas.search import real_url
+    from nas.search import open_storage
 
-    open_store(storage).close()  # validates the URL and creates the tables
+    optuna_storage = open_storage(storage)  # validates the URL, creates Optuna's tables
+    open_store(storage).close()  # and ours (the dashboard itself creates none)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"[bold yellow]warning:[/] serving on {host}: optuna-dashboard has no authentication "
@@ -274,7 +307,7 @@ def dashboard(
     from optuna_dashboard import run_server
 
     console.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C stops)")
-    run_server(real_url(storage), host=host, port=port)
+    run_server(optuna_storage, host=host, port=port)
 
 
 # -- spaces, show -------------------------------------------------------------------------------
@@ -353,6 +386,8 @@ def best(
     """The best trial, or the Pareto front of a multi-objective study."""
     import optuna
 
+    quiet_optuna()
+
     from nas.search import best_trials, open_storage
 
     store = open_store(storage)
@@ -384,15 +419,18 @@ def db_upgrade(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     console.print(f"{mask_url(storage)}: schema at revision {current_revision(storage)}")
 
 
-def main() -> None:
+def quiet_optuna() -> None:
+    """Optuna's INFO lines ("A new study created...") and experimental-feature warnings say
+    nothing a user of `nas` can act on; our own output covers what happened."""
     import warnings
 
     import optuna
 
-    # Optuna's INFO lines ("A new study created...") and experimental-feature warnings say
-    # nothing a user of `nas` can act on; our own output covers what happened.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+def main() -> None:
     try:
         app()
     except KeyboardInterrupt:

@@ -45,3 +45,72 @@ def test_export_of_unknown_study_is_a_clear_error(tmp_path):
     result = nas("export", "nope", "--storage", f"sqlite:///{tmp_path/'x.db'}", "--out", str(tmp_path / "o"))
     assert result.returncode == 2
     assert "nope" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_bad_config_file_is_rejected_before_ray_starts_naming_the_key(tmp_path):
+    cfg = tmp_path / "search.yaml"
+    cfg.write_text("study: x\ntrails: 5\n")
+    result = nas("search", "-c", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "trails" in result.stderr and str(cfg) in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "nas.db").exists()  # nothing was created
+
+
+def test_a_python_object_in_a_config_file_is_refused(tmp_path):
+    cfg = tmp_path / "evil.yaml"
+    cfg.write_text("study: !!python/object/apply:os.system ['touch pwned']\n")
+    result = nas("search", "-c", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "not valid YAML" in result.stderr
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_enqueue_of_an_architecture_outside_the_space_is_a_clear_error(tmp_path):
+    result = nas("search", "--space", "resnet", "--enqueue", "resnet50", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "resnet50" in result.stderr and "not in the space" in result.stderr
+
+
+def test_spaces_and_show_print_the_presets_and_a_stage_table():
+    spaces = nas("spaces")
+    assert spaces.returncode == 0
+    for name in ("resnet", "resnet-cifar", "resnext", "skip-ablation"):
+        assert name in spaces.stdout
+    shown = nas("show", "resnet50")
+    assert shown.returncode == 0
+    assert "25,557,032" in shown.stdout
+    missing = nas("show", "resnet51")
+    assert missing.returncode == 2 and "resnet50" in missing.stderr
+
+
+def test_dashboard_serves_on_localhost_only(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"sqlite:///{tmp_path / 'dash.db'}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nas", "dashboard", "--storage", url, "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        body = None
+        for _ in range(100):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/dashboard", timeout=2) as r:
+                    body = r.read().decode()
+                    break
+            except OSError:
+                time.sleep(0.3)
+        assert body is not None and "<html" in body.lower()
+        listening = [
+            c.laddr for c in __import__("psutil").Process(proc.pid).net_connections()
+            if c.status == "LISTEN"
+        ]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

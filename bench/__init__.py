@@ -1,0 +1,1 @@
+"""Benchmarks of resnas (run as `python -m bench.<name>`)."""

@@ -1,0 +1,332 @@
+"""`run_trial`: train and measure one candidate with Lightning; failures become results.
+
+No Ray, Optuna or SQL here: a GPU box with torch + lightning + scikit-learn runs this.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import math
+import socket
+import time
+import traceback
+import warnings
+from collections.abc import Iterator
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from search_spaces.spec import ArchitectureSpec
+from workers.config import TrainConfig
+from workers.data import LoadedData, load_data
+from workers.measure import (
+    LATENCY_BATCH_SIZE,
+    device_name,
+    measure_latency,
+    peak_memory_mb,
+    reset_peak_memory,
+)
+from workers.module import ClassifierModule, TensorDataModule, TrialMonitor, TrialStop
+from workers.results import Reporter, TrialRequest, TrialResult
+
+_LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning")
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+_MAX_REASON_CHARS = 500
+_TRACEBACK_FRAMES = 8
+_EVAL_BATCH_SIZE = 256  # validation keeps no activations, so larger batches are cheap
+# Share of free GPU memory the dataset may take to live on the GPU for the whole trial
+# (no host->device copies per batch); bigger datasets stay in pinned host memory.
+_GPU_DATA_SHARE = 0.25
+
+
+# -- the two search_spaces entry points (tests may stand in for them) ------------------------
+def build_model(spec: ArchitectureSpec) -> torch.nn.Module:
+    """`search_spaces.build_model`, looked up at call time.
+
+    Args:
+        spec: the architecture.
+    """
+    import search_spaces
+
+    return search_spaces.build_model(spec)
+
+
+def complexity(spec: ArchitectureSpec, input_size: tuple[int, int]) -> Any:
+    """`search_spaces.complexity` (params, flops), looked up at call time.
+
+    Args:
+        spec: the architecture.
+        input_size: (H, W) of the dataset's images.
+    """
+    import search_spaces
+
+    return search_spaces.complexity(spec, input_size)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info logging and its advice warnings for the duration."""
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    saved = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PossibleUserWarning)
+            warnings.filterwarnings("ignore", message=".*barebones.*")
+            warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+            warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+            yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an exception means "out of memory" (CUDA OOM, a failed CPU allocation).
+
+    Args:
+        exc: the exception.
+    """
+    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    if isinstance(exc, RuntimeError):
+        text = str(exc).lower()
+        return any(marker in text for marker in _OOM_MARKERS)
+    return False
+
+
+def _error_reason(exc: BaseException) -> str:
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = f"error: {type(exc).__name__}: {message}".rstrip(": ").rstrip()
+    return reason[:_MAX_REASON_CHARS]
+
+
+def _short_traceback(exc: BaseException) -> str:
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-_TRACEBACK_FRAMES)
+    return "".join(lines)[-4000:]
+
+
+def _pick_device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("`device` got 'cuda'; allowed: auto | cpu (no CUDA device here)")
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _pick_precision(config: TrainConfig, device: torch.device) -> str:
+    """Lightning's precision string; `auto` = bf16-mixed on CUDA devices that support it."""
+    if config.precision == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return "bf16-mixed"
+        return "32-true"
+    return "32-true" if config.precision == "32" else config.precision
+
+
+_device_data: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+
+
+def _data_on(data: LoadedData, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The dataset's tensors where batches should come from: as-is on CPU; on the GPU
+    when they fit (cached for the next trial of this process), else pinned host memory."""
+    tensors = (data.x_train, data.y_train, data.x_val, data.y_val)
+    if device.type != "cuda":
+        return tensors
+    key = (id(data), str(device))
+    if key not in _device_data:
+        _device_data.clear()  # one dataset at a time on the GPU
+        free, _ = torch.cuda.mem_get_info(device)
+        size = sum(t.numel() * t.element_size() for t in tensors)
+        if size < _GPU_DATA_SHARE * free:
+            _device_data[key] = tuple(t.to(device, non_blocking=True) for t in tensors)
+        else:
+            _device_data[key] = tuple(t.pin_memory() for t in tensors)
+    return _device_data[key]
+
+
+def _weights_bytes(net: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in net.state_dict().items()}
+    return save(state)
+
+
+# -- the trial ---------------------------------------------------------------------------------
+def run_trial(
+    request: TrialRequest | dict[str, Any], reporter: Reporter | None = None
+) -> TrialResult:
+    """Train one architecture with one recipe and measure it. Never raises for a failed
+    trial: NaN loss, out of memory, timeout and exceptions come back as `state="failed"`.
+
+    Args:
+        request: a `TrialRequest` or its dict (spec, config, key).
+        reporter: gets `report(epoch, metrics)` after each validation epoch; returning
+            True stops training now and the result is `pruned`.
+    """
+    t0 = time.perf_counter()
+    result = TrialResult(state="failed", host=socket.gethostname(), started=time.time())
+    try:
+        with _quiet_lightning():
+            _run(request, reporter, result, t0)
+    except Exception as exc:  # noqa: BLE001 - a trial's failure is data, not a crash
+        result.state = "failed"
+        if isinstance(exc, TrialStop):
+            result.reason = exc.reason
+        elif is_out_of_memory(exc):
+            result.reason = "out_of_memory"
+        else:
+            result.reason = _error_reason(exc)
+            result.traceback = _short_traceback(exc)
+        result.weights = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()  # Trainer <-> module cycles would hold GPU tensors until the next gc
+    result.finished = time.time()
+    result.duration_s = time.perf_counter() - t0
+    return result
+
+
+def _run(
+    request: TrialRequest | dict[str, Any],
+    reporter: Reporter | None,
+    result: TrialResult,
+    t0: float,
+) -> None:
+    """Fill `result` in place (so that a failure keeps what was measured before it)."""
+    # 1. parse: request, spec, recipe
+    request = TrialRequest.from_dict(request)
+    result.key = request.key
+    config = TrainConfig.from_dict(request.config)
+    result.recipe_id = config.recipe_id
+    result.dataset = config.dataset
+    spec = ArchitectureSpec.from_dict(request.spec)
+    result.arch_id = spec.arch_id
+    deadline = None if config.time_limit_s is None else t0 + config.time_limit_s
+    device = _pick_device(config)
+    result.device = device_name(device)
+
+    with _threads(config.cpu_threads):
+        # 2. data (cached per process) and cost from the spec alone
+        data = load_data(config)
+        info = data.info
+        try:
+            cost = complexity(spec, info.input_size)
+            result.params, result.flops = int(cost.params), int(cost.flops)
+        except Exception:  # noqa: BLE001 - cost is informative; training decides the outcome
+            result.params = result.flops = None
+
+        if (spec.in_channels, spec.num_classes) != (info.in_channels, info.num_classes):
+            raise ValueError(
+                f"the spec has in_channels={spec.in_channels}, num_classes={spec.num_classes} "
+                f"but dataset `{info.name}` has {info.in_channels} channel(s) and "
+                f"{info.num_classes} classes"
+            )
+        # 3. model, precision, layout
+        pl.seed_everything(config.seed, workers=True, verbose=False)
+        net = build_model(spec)
+        if result.params is None:
+            result.params = sum(p.numel() for p in net.parameters())
+        precision = _pick_precision(config, device)
+        mixed = precision.endswith("-mixed")
+        channels_last = (
+            device.type == "cuda" and mixed
+            if config.channels_last == "auto"
+            else bool(config.channels_last)
+        )
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        forward_net = torch.compile(net) if config.compile else net
+
+        x_train, y_train, x_val, y_val = _data_on(data, device)
+        datamodule = TensorDataModule(
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            val_batch_size=max(config.batch_size, _EVAL_BATCH_SIZE),
+            drop_last=config.compile,
+            augment=config.augment,
+            flip=data.flip,
+            channels_last=channels_last,
+        )
+        module = ClassifierModule(
+            net,
+            config,
+            steps_per_epoch=len(datamodule.train_batches),
+            forward_net=forward_net,
+        )
+        monitor = TrialMonitor(reporter, started=t0, deadline=deadline)
+        trainer = pl.Trainer(
+            accelerator="gpu" if device.type == "cuda" else "cpu",
+            devices=[device.index] if device.type == "cuda" else 1,
+            precision=precision,
+            max_epochs=config.epochs,
+            barebones=True,  # no logger, checkpoints, progress bar, summary, sanity check
+            callbacks=[monitor],
+            benchmark=device.type == "cuda",  # fixed shapes: let cuDNN pick kernels once
+            use_distributed_sampler=False,
+            default_root_dir=None,
+        )
+
+        # 4. train
+        reset_peak_memory(device)
+        try:
+            trainer.fit(module, datamodule=datamodule)
+        except TrialStop:
+            _record_epochs(result, monitor)
+            raise
+        finally:
+            result.setup_s = monitor.setup_s
+            result.peak_memory_mb = peak_memory_mb(device)
+        _record_epochs(result, monitor)
+        result.state = "pruned" if monitor.pruned else "complete"
+
+        # 5. measure the trained network
+        autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
+        latency_net = forward_net.to(device) if device.type == "cuda" else forward_net
+        result.latency_ms, result.latency_ms_batch = measure_latency(
+            latency_net,
+            (info.in_channels, *info.input_size),
+            device,
+            channels_last=channels_last,
+            autocast_dtype=autocast_dtype if device.type == "cuda" else None,
+        )
+        result.latency_batch_size = LATENCY_BATCH_SIZE
+        if result.state == "complete" and config.keep_weights:
+            result.weights = _weights_bytes(net)
+
+
+def _record_epochs(result: TrialResult, monitor: Any) -> None:
+    result.epochs = list(monitor.epochs)
+    if not result.epochs:
+        return
+    last = result.epochs[-1]
+    result.val_accuracy = last["val_accuracy"]
+    result.val_loss = last["val_loss"]
+    result.best_val_accuracy = max(e["val_accuracy"] for e in result.epochs)
+    seconds = sum(e["train_seconds"] for e in result.epochs)
+    samples = sum(e["train_samples"] for e in result.epochs)
+    result.samples_per_s = samples / seconds if seconds > 0 and math.isfinite(seconds) else None
