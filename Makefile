@@ -13,13 +13,13 @@ DEMO_DB ?= sqlite:///nas.db
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q $(CONSTRAINTS) -e ".[dev,export]"
+	$(PY) -m pip install --disable-pip-version-check -q $(CONSTRAINTS) -e ".[dev,export,bench]"
 	touch $@
 
 install: $(VENV)/.installed
 
 demo: install
-	$(NAS) search --study $(DEMO_STUDY) --storage $(DEMO_DB) --space resnet --trials 8 --workers 2 --epochs 8 --seed 0
+	$(NAS) search --study $(DEMO_STUDY) --storage $(DEMO_DB) --space resnet --trials 12 --workers 2 --epochs 8 --seed 0
 	$(NAS) export $(DEMO_STUDY) --storage $(DEMO_DB) --out exports/$(DEMO_STUDY)
 
 test: install

@@ -86,7 +86,7 @@ class TrialResult:
     best_val_accuracy: float | None = None
     val_loss: float | None = None  # last epoch's
     params: int | None = None
-    flops: int | None = None  # forward FLOPs at batch 1 (2 per multiply-add)
+    flops: int | None = None  # multiply-adds (MACs) of one forward pass of one image
     latency_ms: float | None = None  # batch 1, median, eval mode
     latency_ms_batch: float | None = None  # whole batch of `latency_batch_size`, median
     latency_batch_size: int | None = None
