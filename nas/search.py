@@ -325,7 +325,14 @@ class Search:
                 we_started_ray = True
                 _init_ray(self.config)
             slots = self._slots(ray)
-            self.broker = ReportBroker.remote()
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+            # Pin the broker to the driver's node: on another node it would die with that node.
+            self.broker = ReportBroker.options(
+                scheduling_strategy=NodeAffinitySchedulingStrategy(
+                    node_id=ray.get_runtime_context().get_node_id(), soft=False
+                )
+            ).remote()
             self.progress.start(
                 {
                     "study": self.config.study,
