@@ -183,20 +183,20 @@ def export_cmd(
     console.print(
         f"exported trial {report.trial} of `{study}` (val_accuracy {acc}, arch {report.arch_id}"
         f"{source}) to {report.out}/",
-        highlight=False,
+        highlight=False, soft_wrap=True,
     )
     for name in report.files:
-        console.print(f"  {name}", highlight=False)
+        console.print(f"  {name}", highlight=False, soft_wrap=True)
     for note in report.notes:
-        console.print(f"  note: {note}", highlight=False)
+        console.print(f"  note: {note}", highlight=False, soft_wrap=True)
     for fmt, diff in report.max_abs_diff.items():
         console.print(
             f"  parity {fmt:<11} {FORMAT_FILES[fmt]:<17} max |diff| = {diff:.3g} "
             f"(tolerance {report.tolerance[fmt]:g})",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
     for fmt, why in report.skipped.items():
-        console.print(f"  skipped {fmt}: {why}", highlight=False)
+        console.print(f"  skipped {fmt}: {why}", highlight=False, soft_wrap=True)
 
 
 # -- retrain ------------------------------------------------------------------------------------
@@ -270,6 +270,10 @@ def analyze(
     from nas.analyze import analyze as write_report
 
     # migrate=False: analysis never writes; a store behind the code's schema says so instead.
+    if storage.startswith("sqlite:///") and storage[len("sqlite:///"):] not in ("", ":memory:"):
+        db_file = Path(storage[len("sqlite:///"):].split("?", 1)[0])
+        if not db_file.is_file():
+            raise UserError(f"no database file at {db_file} (from --storage {storage})")
     data = write_report(Store(storage, migrate=False), study, out, png_dir=png, top=max(1, top))
     c = data["counts"]
     best = data["best"]

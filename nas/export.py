@@ -17,6 +17,7 @@ import logging
 import math
 import sys
 import time
+import types
 import uuid
 import warnings
 import zipfile
@@ -368,12 +369,13 @@ def _write_model_py(out: Path, spec: ArchitectureSpec, info: dict[str, Any], tit
 
     path = out / FORMAT_FILES["model_py"]
     path.write_text(render(spec, input_info=info, title=title))
+    # Executed from the file's text, not imported: no __pycache__ is left in the bundle.
     name = f"_resnas_bundle_{uuid.uuid4().hex[:8]}"
-    loader_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(loader_spec)
+    module = types.ModuleType(name)
+    module.__file__ = str(path)
     sys.modules[name] = module  # dataclasses look their module up while the file executes
     try:
-        loader_spec.loader.exec_module(module)
+        exec(compile(path.read_text(), str(path), "exec"), module.__dict__)  # noqa: S102 - our own file
         model = module.load(str(out / FORMAT_FILES["safetensors"]))
         return _run_both(model, batches)
     finally:

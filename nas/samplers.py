@@ -97,7 +97,7 @@ class CostAwareHalving:
         if epoch not in self.rungs:
             return False
         competitors = [
-            acc for c, acc in self._seen[epoch] if all(ci <= mi for ci, mi in zip(c, costs))
+            acc for c, acc in self._seen[epoch] if all(ci <= mi for ci, mi in zip(c, costs, strict=True))
         ]
         self.record(epoch, costs, accuracy)
         competitors.append(accuracy)

@@ -43,7 +43,7 @@ def test_four_trial_search_with_two_workers_records_four_runs(backend, request, 
     assert summary.best and summary.best[0]["val_accuracy"] > 0.5
 
     # Export reloads into build_model(ArchitectureSpec.from_dict(...)) with identical outputs.
-    report = export(store, "skeleton", tmp_path / "bundle")
+    report = export(store, "skeleton", tmp_path / "bundle", formats="safetensors")
     arch = json.loads((tmp_path / "bundle" / "architecture.json").read_text())
     spec = ArchitectureSpec.from_dict(arch["spec"])
     assert spec.arch_id == arch["arch_id"] == report.arch_id

@@ -195,3 +195,43 @@ def test_killed_or_interrupted_driver_resumes_with_nothing_left_running(how, sql
     assert len(counted) == 5 and all(t.state.is_finished() for t in counted)
     after = {r.trial_number for r in Store(sqlite_url).runs("resume") if r.state == "complete"}
     assert before <= after  # nothing finished was lost
+
+
+def test_compute_budget_stops_proposing(ray_local, sqlite_url):
+    summary = run_search(
+        _config(sqlite_url, "budgeted", trials=50, pruner="none", max_compute_hours=1e-4)
+    )
+    assert summary.status == "budget"
+    assert 1 <= sum(summary.counts.values()) < 50
+    # Nothing in flight was dropped: every trial Optuna knows is finished and recorded.
+    trials = _optuna_trials(sqlite_url, "budgeted")
+    assert all(t.state.is_finished() for t in trials)
+    assert len(Store(sqlite_url).runs("budgeted")) == len(trials)
+
+
+def test_json_lines_enqueue_and_store_views_from_the_command_line(sqlite_url, tmp_path):
+    import json
+
+    from search_spaces import zoo
+
+    cmd = [sys.executable, "-m", "nas", "search", "--study", "cli", "--storage", sqlite_url,
+           "--space", "skip-ablation", "--enqueue", "resnet20", "--trials", "2", "--workers", "2",
+           "--epochs", "1", "--json"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line.strip()]
+    assert [x["event"] for x in lines] == ["trial", "trial", "summary"]
+    first = min(lines[:2], key=lambda x: x["number"])
+    from dataclasses import replace
+
+    assert first["arch_id"] == replace(zoo.get("resnet20"), in_channels=1).arch_id
+    assert lines[-1]["study"] == "cli"
+
+    trials = subprocess.run([sys.executable, "-m", "nas", "trials", "cli", "--storage", sqlite_url,
+                             "--format", "json"], capture_output=True, text=True, timeout=120)
+    assert trials.returncode == 0, trials.stderr
+    rows = json.loads(trials.stdout)
+    assert sorted(r["trial_number"] for r in rows) == [0, 1]
+    status = subprocess.run([sys.executable, "-m", "nas", "status", "--storage", sqlite_url],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "cli" in status.stdout
