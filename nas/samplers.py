@@ -45,10 +45,28 @@ def make_sampler(
                 "`--sampler grid` needs a space without conditional choices and with finite "
                 "choices; this space has none. Use tpe, random, gp, nsga2 or qmc."
             )
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return AskTellGridSampler(grid, seed=seed)
     else:  # pragma: no cover - SearchConfig validates names
         raise UserError(f"unknown sampler {name!r}")
     return cls(**kwargs)
+
+
+class AskTellGridSampler(optuna.samplers.GridSampler):
+    """GridSampler for an ask/tell loop.
+
+    Optuna's GridSampler calls `study.stop()` once the grid is covered, which only works
+    inside `study.optimize()` and raises under ask/tell. Our loop asks `is_exhausted()`
+    before each proposal instead.
+    """
+
+    def after_trial(self, study, trial, state, values) -> None:  # noqa: D102 - see class
+        return None
+
+    def all_proposed(self, study: optuna.Study) -> bool:
+        """Whether every grid point has been handed out (finished or still running)."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        seen = {t.system_attrs.get("grid_id") for t in trials} - {None}
+        return len(seen) >= len(self._all_grids)
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:

@@ -20,7 +20,7 @@ import optuna
 from db import EpochRecord, RunRecord, Store, StoreError
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.samplers import CostAwareHalving, make_pruner, make_sampler
+from nas.samplers import AskTellGridSampler, CostAwareHalving, make_pruner, make_sampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
 from workers import TrainConfig, dataset_info
 
@@ -353,7 +353,8 @@ class Search:
         finally:
             self.progress.stop()
             try:
-                self.store.end_search(self.search_id, status)
+                # Running out of budget is a normal end of a search.
+                self.store.end_search(self.search_id, "finished" if status == "budget" else status)
             finally:
                 if we_started_ray:
                     ray.shutdown()
@@ -413,6 +414,7 @@ class Search:
                 not out_of_budget
                 and len(self.pending) < slots
                 and done + outstanding < cfg.trials
+                and not self._grid_exhausted()
             ):
                 outcome = self._propose(ray)
                 if outcome == "infeasible":
@@ -444,6 +446,11 @@ class Search:
         if self.pending:  # pragma: no cover - defensive
             self._abandon_all(ray, "interrupted")
         return status
+
+    def _grid_exhausted(self) -> bool:
+        """A grid search ends when every grid point has been proposed once."""
+        sampler = self.study.sampler
+        return isinstance(sampler, AskTellGridSampler) and sampler.all_proposed(self.study)
 
     def counts_done(self) -> int:
         return sum(v for k, v in self.counts.items() if k != "infeasible")

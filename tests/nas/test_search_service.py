@@ -235,3 +235,16 @@ def test_json_lines_enqueue_and_store_views_from_the_command_line(sqlite_url, tm
     status = subprocess.run([sys.executable, "-m", "nas", "status", "--storage", sqlite_url],
                             capture_output=True, text=True, timeout=120)
     assert status.returncode == 0 and "cli" in status.stdout
+
+
+def test_grid_search_covers_the_grid_once_and_stops(ray_local, sqlite_url, tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    summary = run_search(
+        _config(sqlite_url, "grid", space=str(space), trials=10, sampler="grid", pruner="none",
+                train={"epochs": 1})
+    )
+    runs = Store(sqlite_url).runs("grid")
+    assert summary.status == "finished"
+    assert len(runs) == 4 and len({r.arch_id for r in runs}) == 4
+    assert all(r.cached_from is None for r in runs)
