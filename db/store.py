@@ -89,6 +89,18 @@ class EpochRecord:
     lr: float | None = None
     seconds: float | None = None
 
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any]) -> EpochRecord:
+        """From a worker's per-epoch metrics dict (extra keys, e.g. `pid`, are ignored)."""
+        return cls(
+            epoch=int(metrics.get("epoch", 0)),
+            train_loss=metrics.get("train_loss"),
+            val_loss=metrics.get("val_loss"),
+            val_accuracy=metrics.get("val_accuracy"),
+            lr=metrics.get("lr"),
+            seconds=metrics.get("seconds"),
+        )
+
 
 @dataclass
 class SearchRecord:

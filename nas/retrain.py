@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from typing import Any
 
 from db import EpochRecord, RunRecord, Store
 from nas.errors import UserError
+from nas.search import start_ray
 from search_spaces import ArchitectureSpec
 
 RETRAIN_SUFFIX = ".retrain"
@@ -235,41 +235,6 @@ def candidate_from_file(path: Path) -> tuple[Candidate, str | None]:
 
 
 # -- running -------------------------------------------------------------------------------------
-def _init_ray(ray_address: str | None, slots: int, cpus_per_trial: float) -> bool:
-    """Join or start Ray unless it is running; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs: dict[str, Any] = dict(
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}},
-    )
-    if ray_address:
-        try:
-            ray.init(address=ray_address, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"cannot join the Ray cluster at {ray_address}: {first}") from None
-    else:
-        want = int(math.ceil(slots * cpus_per_trial))
-        ray.init(num_cpus=max(os.cpu_count() or 1, want), **kwargs)
-    return True
-
-
-def _epoch(e: dict[str, Any]) -> EpochRecord:
-    return EpochRecord(
-        epoch=int(e.get("epoch", 0)),
-        train_loss=e.get("train_loss"),
-        val_loss=e.get("val_loss"),
-        val_accuracy=e.get("val_accuracy"),
-        lr=e.get("lr"),
-        seconds=e.get("seconds"),
-    )
-
-
 @dataclass
 class _Job:
     cand: Candidate
@@ -371,7 +336,7 @@ def retrain(
             next_number += 1
 
     slots = workers or len(jobs)
-    started_ray = _init_ray(ray_address, slots, cpus_per_trial)
+    started_ray = start_ray(ray_address, slots=slots, cpus_per_trial=cpus_per_trial)
     t0 = time.time()
     try:
         _run_jobs(store, target, jobs, slots, cpus_per_trial, gpus_per_trial, say)
@@ -418,7 +383,7 @@ def _record(store: Store, study: str, job: _Job, state: str, result: dict[str, A
         duration_s=result.get("duration_s"),
         extra=extra,
     )
-    epochs = [_epoch(e) for e in result.get("epochs") or []]
+    epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
     weights = result.get("weights") if state == "complete" else None
     run_id = store.record_run(run, epochs, weights=weights)
     return RetrainRun(

@@ -321,9 +321,11 @@ class Search:
         try:
             accounted = self._recover()
             self._enqueue_requested()
-            if not ray.is_initialized():
-                we_started_ray = True
-                _init_ray(self.config)
+            we_started_ray = start_ray(
+                self.config.ray_address,
+                slots=self.config.workers,
+                cpus_per_trial=self.config.cpus_per_trial,
+            )
             slots = self._slots(ray)
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -645,7 +647,7 @@ class Search:
             search_id=self.search_id,
             extra={"traceback": result.get("traceback")} if result.get("traceback") else {},
         )
-        epochs = [_epoch_record(e) for e in result.get("epochs") or []]
+        epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
         run.id = self.store.record_run(run, epochs, weights=result.get("weights"))
         self.compute_s += float(result.get("duration_s") or 0.0)
         for k, v in (("device", run.device), ("host", run.host), ("run_id", run.id),
@@ -678,7 +680,7 @@ class Search:
             finished=time.time(), duration_s=time.time() - p.started, retry_of=p.retry_of,
             search_id=self.search_id,
         )
-        self.store.record_run(run, [_epoch_record(e) for e in p.epochs])
+        self.store.record_run(run, [EpochRecord.from_metrics(e) for e in p.epochs])
         retried = self._tell_abandoned(p.trial.number, p.trial.params, p.trial.user_attrs, reason)
         if not retried:  # a retried trial is accounted for by its retry
             self.counts["failed"] += 1
@@ -798,17 +800,6 @@ def _alive(host: str | None, pid: int | None) -> bool:
     return True
 
 
-def _epoch_record(e: dict[str, Any]) -> EpochRecord:
-    return EpochRecord(
-        epoch=int(e.get("epoch", 0)),
-        train_loss=e.get("train_loss"),
-        val_loss=e.get("val_loss"),
-        val_accuracy=e.get("val_accuracy"),
-        lr=e.get("lr"),
-        seconds=e.get("seconds"),
-    )
-
-
 def _count_cached(store: Store, study: str) -> int:
     return sum(1 for r in store.runs(study) if r.cached_from is not None)
 
@@ -820,24 +811,28 @@ def _load_space(name: str) -> SearchSpace:
         raise UserError(str(exc)) from None
 
 
-def _init_ray(config: SearchConfig) -> None:
+def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) -> bool:
+    """Join the cluster at `address`, or start a local Ray; False when Ray was already up."""
     import ray
 
+    if ray.is_initialized():
+        return False
     kwargs: dict[str, Any] = dict(
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(config.cpus_per_trial)))}},
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}},
     )
-    if config.ray_address:
+    if address:
         try:
-            ray.init(address=config.ray_address, **kwargs)
+            ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UserError(f"cannot join the Ray cluster at {config.ray_address}: {first}") from None
+            raise UserError(f"cannot join the Ray cluster at {address}: {first}") from None
     else:
-        want = (config.workers or 0) * config.cpus_per_trial
-        ray.init(num_cpus=max(os.cpu_count() or 1, int(math.ceil(want))), **kwargs)
+        want = int(math.ceil((slots or 0) * cpus_per_trial))
+        ray.init(num_cpus=max(os.cpu_count() or 1, want), **kwargs)
+    return True
 
 
 def best_trials(

@@ -104,7 +104,7 @@ class StageSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSpec:
-        return cls(**_known(cls, data, "stage"))
+        return cls(**known_fields(cls, data, "stage"))
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ class ArchitectureSpec:
         data["stages"] = tuple(
             s if isinstance(s, StageSpec) else StageSpec.from_dict(s) for s in stages
         )
-        return cls(**_known(cls, data, "architecture"))
+        return cls(**known_fields(cls, data, "architecture"))
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -297,7 +297,10 @@ class ArchitectureSpec:
         return " | ".join(parts)
 
 
-def _known(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+def known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
+    """`data` if every key is a field of dataclass `cls`; else a ValueError naming them."""
+    if not isinstance(data, dict):
+        raise ValueError(f"`{what}` got {type(data).__name__}; allowed: a mapping")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

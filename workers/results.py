@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Protocol, runtime_checkable
 
+from search_spaces.spec import known_fields
+
 STATES = ("complete", "pruned", "failed")
 
 
@@ -24,19 +26,6 @@ class Reporter(Protocol):
                 train_seconds).
         """
         ...
-
-
-def _known(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:
-    if not isinstance(data, dict):
-        raise ValueError(f"`{what}` got {type(data).__name__}; allowed: a mapping")
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(
-            f"unknown {what} field(s) {', '.join(f'`{u}`' for u in unknown)}; "
-            f"allowed: {', '.join(sorted(names))}"
-        )
-    return data
 
 
 @dataclass
@@ -63,7 +52,7 @@ class TrialRequest:
         """
         if isinstance(data, TrialRequest):
             return data
-        data = _known(cls, data, "request")
+        data = known_fields(cls, data, "request")
         if "spec" not in data:
             raise ValueError("`request` got no `spec`; allowed: a mapping with spec, config, key")
         return cls(**data)
@@ -119,7 +108,7 @@ class TrialResult:
         """Args:
         data: as written by `to_dict()` (a `weights` entry, if bytes, is kept).
         """
-        data = dict(_known(cls, data, "result"))
+        data = dict(known_fields(cls, data, "result"))
         if data.get("state") not in STATES:
             raise ValueError(f"`state` got {data.get('state')!r}; allowed: {' | '.join(STATES)}")
         return cls(**data)
