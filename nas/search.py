@@ -651,7 +651,7 @@ class Search:
         run.id = self.store.record_run(run, epochs, weights=result.get("weights"))
         self.compute_s += float(result.get("duration_s") or 0.0)
         for k, v in (("device", run.device), ("host", run.host), ("run_id", run.id),
-                     ("val_accuracy", acc), ("reason", run.reason)):
+                     ("reason", run.reason)):
             if v is not None:
                 p.trial.set_user_attr(k, v)
         if state == "complete" and acc is not None and math.isfinite(acc):
@@ -780,11 +780,27 @@ def stage_markdown(spec: ArchitectureSpec, params: int, flops: int) -> str:
 
 
 def _save_note(trial: optuna.trial.Trial, spec: ArchitectureSpec, params: int, flops: int) -> None:
+    """The stage table as the trial's optuna-dashboard note.
+
+    `optuna_dashboard.save_note` reads every system attribute of the study twice to find the
+    note's next version; the study gains two per trial, so a long search would pay a cost
+    quadratic in its length. A new trial's note is version 1, so we write exactly what
+    save_note writes, without the reads.
+    """
+    body = stage_markdown(spec, params, flops)
     try:
-        from optuna_dashboard import save_note
-    except ImportError:  # pragma: no cover - the dashboard is a dependency, but optional here
+        from optuna_dashboard._note import note_ver_key, split_body
+    except ImportError:  # pragma: no cover - a dashboard without these helpers: public API
+        try:
+            from optuna_dashboard import save_note
+        except ImportError:
+            return
+        save_note(trial, body)
         return
-    save_note(trial, stage_markdown(spec, params, flops))
+    storage, study_id = trial.storage, trial.study._study_id
+    storage.set_study_system_attr(study_id, note_ver_key(trial._trial_id), 1)
+    for key, value in split_body(body, trial._trial_id).items():
+        storage.set_study_system_attr(study_id, key, value)
 
 
 def _alive(host: str | None, pid: int | None) -> bool:

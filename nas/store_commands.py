@@ -106,7 +106,7 @@ def print_trials(
         ("val acc", "right"),
         ("best acc", "right"),
         ("params", "right"),
-        ("FLOPs", "right"),
+        ("MACs", "right"),
         ("epochs", "right"),
         ("time", "right"),
         ("arch", "left"),
