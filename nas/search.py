@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
+from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAINTS_KEY
 
 from db import EpochRecord, RunRecord, Store, StoreError
 from nas.config import SearchConfig
@@ -201,6 +202,7 @@ class Search:
         self.counts = {"complete": 0, "pruned": 0, "failed": 0, "cached": 0, "infeasible": 0}
         self.compute_s = 0.0
         self.known: dict[tuple, RunRecord] = {}
+        self.saved_archs: set[str] = set()  # architectures written to the store by this run
         self.best: dict[str, Any] | None = None
         self._seq = 0
 
@@ -486,36 +488,41 @@ class Search:
             )
         except ValueError as exc:
             # An invalid combination in a user's space: the sampler learns to avoid it.
-            self.study.tell(trial, state=TrialState.FAIL)
             trial.set_user_attr("reason", f"invalid spec: {exc}")
+            self.study.tell(trial, state=TrialState.FAIL)
             self.counts["failed"] += 1
             return "failed"
         cost = complexity(spec, self.input_size)
         retry_of = trial.user_attrs.get("retry_of")
-        attrs = {
+        attrs: dict[str, Any] = {
             "arch_id": spec.arch_id,
             "params": cost.params,
             "flops": cost.flops,
             "architecture": spec.summary(),
             "skips": ",".join(s.skip for s in spec.stages),
         }
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
-        _save_note(trial, spec, cost.params, cost.flops)
-        # Constraint values > 0 mean "broken"; constraint-aware samplers learn from them.
-        violations = []
+        # Constraint values > 0 mean "broken"; constraint-aware samplers (TPE, NSGA-II, GP)
+        # read them from the trial (what `Trial.set_constraint` writes).
+        constraints = {}
         for name, value in (("params", cost.params), ("flops", cost.flops)):
             limit = self.limits[f"max_{name}"]
             if limit:
-                violations.append(float(value - limit))
-                trial.set_constraint(name, float(value - limit))
+                constraints[f"{CONSTRAINTS_KEY}:{name}"] = float(value - limit)
+        violations = list(constraints.values())
+        if any(v > 0 for v in violations):
+            attrs["infeasible"] = True
+        set_trial_attrs(trial, attrs, constraints)
+        _save_note(trial, spec, cost.params, cost.flops)
         key = (spec.arch_id, self.recipe.recipe_id, self.recipe.dataset, self.epochs)
         pending = _Pending(trial, spec, key, cost.params, cost.flops, retry_of, time.time())
-        self.store.save_architecture(spec, params=cost.params, flops=cost.flops, input_size=self.input_size)
+        if spec.arch_id not in self.saved_archs:
+            self.store.save_architecture(
+                spec, params=cost.params, flops=cost.flops, input_size=self.input_size
+            )
+            self.saved_archs.add(spec.arch_id)
         if any(v > 0 for v in violations):
             # Never trained; told as complete-but-infeasible so a constraint-aware sampler
-            # (TPE, NSGA-II, GP with constraints_func) learns to avoid the region.
-            trial.set_user_attr("infeasible", True)
+            # learns to avoid the region.
             values = self._values(0.0, pending, latency=None)
             self.study.tell(trial, values)
             self.counts["infeasible"] += 1
@@ -650,10 +657,8 @@ class Search:
         epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
         run.id = self.store.record_run(run, epochs, weights=result.get("weights"))
         self.compute_s += float(result.get("duration_s") or 0.0)
-        for k, v in (("device", run.device), ("host", run.host), ("run_id", run.id),
-                     ("reason", run.reason)):
-            if v is not None:
-                p.trial.set_user_attr(k, v)
+        shown = {"device": run.device, "host": run.host, "run_id": run.id, "reason": run.reason}
+        set_trial_attrs(p.trial, {k: v for k, v in shown.items() if v is not None})
         if state == "complete" and acc is not None and math.isfinite(acc):
             values = self._values(acc, p, result.get("latency_ms"))
             self.study.tell(p.trial, values)
@@ -777,6 +782,40 @@ def stage_markdown(spec: ArchitectureSpec, params: int, flops: int) -> str:
         block = st.block if st.block == "basic" else f"bottleneck x{st.expansion} g{st.groups}"
         lines.append(f"| {i} | {st.depth} | {st.width} | {st.stride} | {block} | {st.skip} |")
     return "\n".join(lines)
+
+
+def set_trial_attrs(
+    trial: optuna.trial.Trial, user: dict[str, Any], system: dict[str, Any] | None = None
+) -> None:
+    """Several trial attributes in ONE transaction.
+
+    `Trial.set_user_attr` commits once per attribute; a dozen commits per trial was the
+    largest part of the controller's own cost on PostgreSQL (bench/controller.py). On an RDB
+    storage we write them the way `RDBStorage.set_trial_user_attr` does, in one session; any
+    other storage (or an Optuna without these internals) gets the public calls.
+    """
+    system = system or {}
+    if not user and not system:
+        return
+    storage = trial.storage
+    backend = getattr(storage, "_backend", storage)
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        write = backend._set_trial_attr_without_commit
+        session_factory = backend.scoped_session
+    except (ImportError, AttributeError):
+        for key, value in user.items():
+            trial.set_user_attr(key, value)
+        for key, value in system.items():
+            storage.set_trial_system_attr(trial._trial_id, key, value)
+        return
+    with _create_scoped_session(session_factory, True) as session:
+        for key, value in user.items():
+            write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+        for key, value in system.items():
+            write(session, models.TrialSystemAttributeModel, trial._trial_id, key, value)
 
 
 def _save_note(trial: optuna.trial.Trial, spec: ArchitectureSpec, params: int, flops: int) -> None:

@@ -1,0 +1,169 @@
+"""Orchestration overhead: the same short trials through resnas and through Ray Tune.
+
+A fixed list of small, distinct architectures of the `resnet-cifar` space (basic blocks,
+<= 150k parameters), trained 2 epochs on digits (1-2 s each), with 2 workers and no pruning.
+resnas gets them as enqueued trials (`enqueue=` architecture files); Ray Tune as a grid over
+the same spec dicts, FIFO scheduler, `max_concurrent_trials=2`.
+
+Wall time runs from the call of `run_search` / the construction of the `Tuner` to the
+return. Ray start-up is OUT for both: a fresh local Ray (2 CPUs) is started before each
+tool's timing and shut down after, so neither inherits the other's warm worker processes;
+Ray worker start-up and torch/Lightning imports in the workers are IN for both.
+
+Worker utilisation = summed trial compute (the trials' own `duration_s`, measured inside
+`run_trial`) / (workers x wall).
+
+    python -m bench.overhead [--quick] [--trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+FULL_TRIALS = 24
+QUICK_TRIALS = 8
+SMOKE_TRIALS = 4
+EPOCHS = 2
+WORKERS = 2
+
+
+def small_specs(n: int, seed: int = 7, max_params: int = 150_000) -> list[Any]:
+    """`n` distinct small architectures of the space, always the same for a seed."""
+    import optuna
+
+    from search_spaces import complexity, load_space
+
+    space = load_space(common.SPACE)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    specs, seen = [], set()
+    for _ in range(5000):
+        trial = study.ask()
+        spec = space.suggest(trial, in_channels=1, num_classes=10)
+        study.tell(trial, 0.0)
+        if spec.arch_id in seen or any(s.block != "basic" for s in spec.stages):
+            continue
+        if complexity(spec, (8, 8)).params > max_params:
+            continue
+        seen.add(spec.arch_id)
+        specs.append(spec)
+        if len(specs) == n:
+            return specs
+    raise RuntimeError(f"only {len(specs)} small architectures found")
+
+
+def run_resnas(specs: list[Any], workers: int = WORKERS, epochs: int = EPOCHS) -> dict[str, Any]:
+    from db import Store
+    from nas.search import run_search
+
+    with tempfile.TemporaryDirectory(prefix="resnas-bench-arch-") as tmp, common.fresh_db("sqlite") as url:
+        paths = []
+        for i, spec in enumerate(specs):
+            path = Path(tmp) / f"arch{i:02d}.json"
+            path.write_text(json.dumps({"spec": spec.to_dict()}))
+            paths.append(str(path))
+        config = common.search_config(
+            url, "overhead", trials=len(specs), workers=workers, sampler="random", pruner="none",
+            seed=0, enqueue=paths, train={"epochs": epochs},
+        )
+        t0 = time.perf_counter()
+        summary = run_search(config)
+        wall = time.perf_counter() - t0
+        runs = Store(url).runs("overhead")
+    durations = [r.duration_s or 0.0 for r in runs if r.cached_from is None]
+    return _figures(wall, durations, workers, {
+        "counts": summary.counts,
+        "trained_archs": sorted({r.arch_id for r in runs if r.cached_from is None}),
+    })
+
+
+def run_tune(specs: list[Any], workers: int = WORKERS, epochs: int = EPOCHS) -> dict[str, Any]:
+    from ray import tune
+
+    from bench.tune_common import run_tuner
+
+    recipe = {**common.RECIPE, "epochs": epochs}
+    trials, records, wall = run_tuner(
+        param_space={"spec": tune.grid_search([s.to_dict() for s in specs]), "recipe": recipe},
+        max_concurrent=workers,
+    )
+    durations = [r["duration_s"] for r in records]
+    return _figures(wall, durations, workers, {
+        "tune_trials": len(trials),
+        "tune_errors": sum(1 for t in trials if t.get("error")),
+        "trained_archs": sorted(r["arch_id"] for r in records),
+    })
+
+
+def _figures(wall: float, durations: list[float], workers: int, extra: dict) -> dict[str, Any]:
+    compute = sum(durations)
+    return {
+        "wall_s": wall,
+        "trials": len(durations),
+        "compute_s": compute,
+        "mean_trial_s": compute / len(durations) if durations else None,
+        "utilisation": compute / (workers * wall) if wall > 0 else None,
+        "overhead_per_trial_s": (workers * wall - compute) / len(durations) if durations else None,
+        **extra,
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = common.run_id_of(argv)
+    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_TRIALS} trials")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials (tests)")
+    ap.add_argument("--trials", type=int)
+    args = ap.parse_args(argv)
+    common.quiet()
+    started = time.time()
+    load0 = common.machine()["load_average_1m"]
+    n = args.trials or (SMOKE_TRIALS if args.smoke else QUICK_TRIALS if args.quick else FULL_TRIALS)
+    common.header(f"orchestration overhead: {n} short trials, {WORKERS} workers, {EPOCHS} epochs")
+    specs = small_specs(n)
+    out: dict[str, Any] = {}
+    for tool, fn in (("resnas", run_resnas), ("ray_tune", run_tune)):
+        ray_start = common.start_ray(WORKERS)
+        try:
+            out[tool] = fn(specs)
+        finally:
+            common.stop_ray()
+        out[tool]["ray_start_s_excluded"] = ray_start
+        r = out[tool]
+        print(
+            f"   {tool:9s} wall {r['wall_s']:6.1f} s for {r['trials']} trials holding "
+            f"{r['compute_s']:5.1f} s of training: utilisation {r['utilisation']:.2f}, "
+            f"{r['overhead_per_trial_s']:.2f} s of idle slot per trial",
+            flush=True,
+        )
+    mine, tune_ = out["resnas"], out["ray_tune"]
+    data = {
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "trials": n,
+        "epochs": EPOCHS,
+        "workers": WORKERS,
+        "ray_startup": "excluded for both (fresh local Ray started before each tool's timing)",
+        "specs": [s.summary() for s in specs],
+        **out,
+        "wall_ratio_tune_over_resnas": tune_["wall_s"] / mine["wall_s"],
+        "utilisation_ratio_resnas_over_tune": mine["utilisation"] / tune_["utilisation"],
+        "goals": {"resnas_utilisation_ge_0.95": mine["utilisation"] >= 0.95},
+        "_load_at_start": load0,
+    }
+    print(
+        f"   Ray Tune wall / resnas wall = {data['wall_ratio_tune_over_resnas']:.2f}x; "
+        f"goal resnas utilisation >= 0.95: {'met' if data['goals']['resnas_utilisation_ge_0.95'] else 'NOT met'}"
+    )
+    path = common.write_result("overhead", data, started=started, argv=argv)
+    print(f"   -> {path}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Run the benchmark suite and write the summary table into bench/README.md.
+
+    python -m bench.run [--quick | --smoke] [--only search_efficiency,duplicates,overhead,controller,scaling]
+
+Each benchmark writes `bench/results/<name>.json` (and PNG figures); this script then
+rewrites the block between the `bench:summary` markers of `bench/README.md`, leaving the
+rest of the file (other sections, e.g. "Training throughput") untouched. The training
+throughput rows come from `results/throughput.json` (`python -m bench.throughput`) when it
+is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from typing import Any
+
+from bench import common
+
+ORDER = ("controller", "duplicates", "overhead", "scaling", "search_efficiency")
+README = common.BENCH_DIR / "README.md"
+START, END = "<!-- bench:summary:start -->", "<!-- bench:summary:end -->"
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = common.RESULTS_DIR / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _f(x: Any, fmt: str = "{:.2f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def _goal(met: Any) -> str:
+    return "-" if met is None else ("met" if met else "**not met**")
+
+
+def summary_rows() -> list[tuple[str, str, str, str]]:
+    """(benchmark, figure, goal, met) rows from whatever results exist."""
+    rows = []
+    if d := _load("search_efficiency"):
+        s, g = d["summary"], d["goals"]
+        for m in ("resnas", "random", "ray_tune"):
+            if m in s:
+                rows.append((f"search efficiency ({d['mode']}, {d['seeds']} seed(s), "
+                             f"{d['budget_s']:.0f} s budget)", f"{m}: final best median "
+                             f"{_f(s[m]['final_best_median'], '{:.4f}')} [{_f(s[m]['final_best_min'], '{:.4f}')}"
+                             f"-{_f(s[m]['final_best_max'], '{:.4f}')}], compute to reach random's best "
+                             f"= {_f(s[m].get('fraction_of_random_compute_median'))} x random's", "", ""))
+        rows.append(("search efficiency", "resnas reaches random's final best",
+                     "<= 1/3 of random's compute",
+                     _goal(g.get("resnas_reaches_random_best_with_le_1/3_compute"))))
+        rows.append(("search efficiency", "resnas final best vs Ray Tune", ">= Ray Tune",
+                     _goal(g.get("resnas_ends_ge_ray_tune"))))
+    if d := _load("duplicates"):
+        n = d["trials"]
+        rows.append((f"duplicates ({n} proposals)", f"raw Optuna TPE repeats {d['raw_optuna']['repeats']} "
+                     f"(default TPESampler {d['raw_optuna_default_tpe']['repeats']}); resnas answers "
+                     f"{d['resnas']['answered_from_store']} from the store, trains "
+                     f"{d['resnas']['trained_twice']} twice", "0 trained twice",
+                     _goal(d["goals"]["resnas_trains_no_architecture_twice"])))
+    if d := _load("overhead"):
+        r, t = d["resnas"], d["ray_tune"]
+        rows.append((f"overhead ({d['trials']} trials x {d['epochs']} epochs, 2 workers, Ray start-up out)",
+                     f"utilisation resnas {_f(r['utilisation'])} vs Ray Tune {_f(t['utilisation'])}; "
+                     f"wall Tune/resnas {_f(d['wall_ratio_tune_over_resnas'])}x",
+                     "resnas >= 0.95", _goal(d["goals"]["resnas_utilisation_ge_0.95"])))
+    if d := _load("controller"):
+        for backend, s in d["summary"].items():
+            rows.append((f"controller, {backend} ({d['mode']}: {', '.join(map(str, d['sizes']))} trials)",
+                         f"resnas/bare Optuna per trial {_f(s['overhead_ratio_at_largest'])}x at "
+                         f"{s['largest']} (max {_f(s['overhead_ratio_max'])}x)", "<= 1.1x",
+                         _goal(s["overhead_ratio_max"] <= 1.1)))
+            rows.append((f"controller, {backend}", f"p50 at {s['largest']} / p50 at {s['smallest']} = "
+                         f"{_f(s['p50_growth'])}x (bare Optuna {_f(s['bare_p50_growth'])}x)", "<= 3x",
+                         _goal(s["p50_growth"] <= 3)))
+            if backend == "postgresql":
+                rows.append(("controller, postgresql", f"{_f(s['trials_per_s_at_largest'], '{:.1f}')} "
+                             "trials/s", ">= 50 trials/s", _goal(s["trials_per_s_at_largest"] >= 50)))
+    if d := _load("scaling"):
+        rows.append((f"scaling ({d['trials']} trials)", f"2 workers / 1 worker = "
+                     f"{_f(d['speedup_2_over_1'])}x trials/hour", ">= 1.9x",
+                     _goal(d["goals"]["speedup_ge_1.9"])))
+        for L, c in (d.get("max_cluster") or {}).items():
+            rows.append(("scaling: one controller", f"{_f(d['controller_trials_per_s'], '{:.1f}')} trials/s "
+                         f"x {L} s trials = {c['max_busy_workers']} busy workers at most", "", ""))
+    if d := _load("throughput"):
+        for r in d.get("rows", []):
+            rows.append((f"training throughput: {r['label']}", f"run_trial / hand loop samples/s = "
+                         f"{_f(r.get('ratio'))}; fixed cost {_f(r.get('fixed_cost_s'))} s",
+                         "(see Training throughput)", ""))
+    return rows
+
+
+def write_readme(command: str) -> None:
+    m, v = common.machine(), common.versions()
+    lines = [
+        START,
+        "## Summary (written by `python -m bench.run`)",
+        "",
+        f"Command: `{command}` — {time.strftime('%Y-%m-%d %H:%M')}",
+        "",
+        f"Machine: {m['cores']} cores, {m['cpu_model']}, {m['ram_gib']} GiB RAM "
+        f"(load average when the summary was written: {m['load_average_1m']}; the machine was "
+        "shared with other jobs while measuring, so only ratios measured in one run are meaningful).",
+        "",
+        "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+        "",
+        "| benchmark | figure (ratios from the same run) | goal | met |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows()]
+    lines += ["", "Figure: `results/search_efficiency.png`.", END]
+    block = "\n".join(lines)
+    text = README.read_text() if README.is_file() else "# Benchmarks\n"
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + block + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    README.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = common.run_id_of(argv)
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--only", help=f"comma-separated, from {','.join(ORDER)}")
+    args = ap.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(ORDER)
+    bad = [n for n in names if n not in ORDER]
+    if bad:
+        ap.error(f"unknown benchmark(s) {bad}; allowed: {', '.join(ORDER)}")
+    flags = ["--smoke"] if args.smoke else ["--quick"] if args.quick else []
+    t0 = time.time()
+    failed = []
+    for name in [n for n in ORDER if n in names]:  # controller before scaling (it reads it)
+        try:
+            importlib.import_module(f"bench.{name}").main(list(flags))
+        except Exception as exc:  # noqa: BLE001 - one benchmark's failure must not hide the rest
+            failed.append(name)
+            print(f"!! {name} failed: {type(exc).__name__}: {exc}")
+    write_readme("python -m bench.run" + (" " + " ".join(argv) if argv else ""))
+    print(f"== suite done in {time.time() - t0:.0f} s; summary in {README}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

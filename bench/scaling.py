@@ -1,0 +1,94 @@
+"""Scaling: trials per hour with 1 and 2 workers, and how big a cluster one controller feeds.
+
+The same fixed list of short trials as bench.overhead (distinct small architectures,
+2 epochs, no pruning) through `run_search` with `workers=1`, then `workers=2`, each on a
+fresh local Ray (start-up excluded). Trials/hour = trials / wall.
+
+The controller limit comes from bench.controller (read from `results/controller.json`):
+one driver tells at most R trials/s, so with trials of L seconds it keeps at most
+R x L workers busy (Little's law: trials in flight = arrival rate x time in system).
+
+    python -m bench.scaling [--quick] [--trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from bench import common
+from bench.overhead import run_resnas, small_specs
+
+FULL_TRIALS = 16
+QUICK_TRIALS = 6
+SMOKE_TRIALS = 2
+TRIAL_LENGTHS_S = (10, 60, 600)
+
+
+def controller_rate() -> tuple[str | None, float | None]:
+    path = common.RESULTS_DIR / "controller.json"
+    if not path.is_file():
+        return None, None
+    data = json.loads(path.read_text())
+    summary = data.get("summary") or {}
+    for backend in ("postgresql", "sqlite"):
+        if backend in summary:
+            return backend, summary[backend]["trials_per_s_at_largest"]
+    return None, None
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    argv = common.run_id_of(argv)
+    ap = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK_TRIALS} trials")
+    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials (tests)")
+    ap.add_argument("--trials", type=int)
+    args = ap.parse_args(argv)
+    common.quiet()
+    started = time.time()
+    load0 = common.machine()["load_average_1m"]
+    n = args.trials or (SMOKE_TRIALS if args.smoke else QUICK_TRIALS if args.quick else FULL_TRIALS)
+    common.header(f"scaling: {n} short trials with 1 and 2 workers")
+    specs = small_specs(n, seed=11)
+    out: dict[str, Any] = {}
+    for workers in (1, 2):
+        common.start_ray(2)
+        try:
+            r = run_resnas(specs, workers=workers)
+        finally:
+            common.stop_ray()
+        r["trials_per_hour"] = 3600 * r["trials"] / r["wall_s"]
+        out[f"workers_{workers}"] = r
+        print(f"   {workers} worker(s): {r['trials']} trials in {r['wall_s']:.1f} s = "
+              f"{r['trials_per_hour']:.0f} trials/h (utilisation {r['utilisation']:.2f})", flush=True)
+    speedup = out["workers_2"]["trials_per_hour"] / out["workers_1"]["trials_per_hour"]
+    backend, rate = controller_rate()
+    cluster = (
+        {str(L): {"trial_s": L, "max_busy_workers": int(rate * L)} for L in TRIAL_LENGTHS_S}
+        if rate else {}
+    )
+    print(f"   2 workers / 1 worker = {speedup:.2f}x (goal >= 1.9: {'met' if speedup >= 1.9 else 'NOT met'})")
+    if rate:
+        for L, c in cluster.items():
+            print(f"   controller {rate:.1f} trials/s ({backend}) x {L} s trials = "
+                  f"{c['max_busy_workers']} workers kept busy at most")
+    data = {
+        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "trials": n,
+        **out,
+        "speedup_2_over_1": speedup,
+        "controller_backend": backend,
+        "controller_trials_per_s": rate,
+        "max_cluster": cluster,
+        "goals": {"speedup_ge_1.9": speedup >= 1.9},
+        "_load_at_start": load0,
+    }
+    path = common.write_result("scaling", data, started=started, argv=argv)
+    print(f"   -> {path}")
+    return data
+
+
+if __name__ == "__main__":
+    main()

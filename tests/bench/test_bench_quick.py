@@ -1,0 +1,91 @@
+"""Smoke runs of the benchmarks: they run end to end and write sane JSON. Nothing about speed
+is asserted (benchmarks report, they do not judge)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("ray")
+
+from bench import common  # noqa: E402
+
+BASE_KEYS = {"benchmark", "command", "when", "machine", "versions", "goals", "mode"}
+
+
+@pytest.fixture
+def results(tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "RESULTS_DIR", tmp_path)
+    return tmp_path
+
+
+def _load(results, name):
+    data = json.loads((results / f"{name}.json").read_text())
+    assert BASE_KEYS <= set(data)
+    assert data["machine"]["cores"] >= 1 and data["versions"]["python"]
+    return data
+
+
+def test_duplicates_smoke(results):
+    from bench import duplicates
+
+    duplicates.main(["--smoke"])
+    d = _load(results, "duplicates")
+    assert d["raw_optuna"]["repeats"] >= 0 and d["raw_optuna_default_tpe"]["repeats"] >= 0
+    assert d["resnas"]["trained_twice"] >= 0
+    assert d["resnas"]["trials"] >= d["trials"]
+    assert d["resnas"]["trained"] + d["resnas"]["answered_from_store"] == d["resnas"]["trials"]
+
+
+def test_controller_smoke(results):
+    from bench import controller
+
+    controller.main(["--smoke", "--backends", "sqlite"])
+    d = _load(results, "controller")
+    assert [r["trials"] for r in d["rows"]] == list(controller.SMOKE_SIZES)
+    for row in d["rows"]:
+        for side in ("resnas", "bare_optuna"):
+            assert row[side]["per_trial_ms"] > 0 and row[side]["trials_per_s"] > 0
+        assert row["resnas"]["trials"] >= row["trials"]
+        assert row["overhead_ratio"] > 0
+    assert d["summary"]["sqlite"]["p50_growth"] > 0
+
+
+@pytest.mark.slow
+def test_overhead_and_scaling_smoke(results):
+    from bench import overhead, scaling
+
+    overhead.main(["--smoke"])
+    d = _load(results, "overhead")
+    for tool in ("resnas", "ray_tune"):
+        assert d[tool]["trials"] == overhead.SMOKE_TRIALS
+        assert 0 < d[tool]["utilisation"] <= 1.05
+    assert d["resnas"]["trained_archs"] == sorted(d["ray_tune"]["trained_archs"])
+    scaling.main(["--smoke"])
+    s = _load(results, "scaling")
+    assert s["workers_1"]["trials_per_hour"] > 0 and s["speedup_2_over_1"] > 0
+    for w in ("workers_1", "workers_2"):
+        assert 0 < s[w]["utilisation"] <= 1.05
+
+
+@pytest.mark.slow
+def test_search_efficiency_smoke_and_summary(results, tmp_path, monkeypatch):
+    from bench import run, search_efficiency
+
+    search_efficiency.main(["--smoke"])
+    d = _load(results, "search_efficiency")
+    assert set(d["summary"]) == {"resnas", "random", "ray_tune"}
+    for runs in d["runs"].values():
+        assert len(runs) == 1 and runs[0]["trials"] >= 1 and runs[0]["compute_s"] >= 0
+        assert runs[0]["final_best"] is None or 0 <= runs[0]["final_best"] <= 1
+    assert d["runs"]["resnas"][0]["trained_twice"] == 0
+    assert (results / "search_efficiency.png").stat().st_size > 0
+    readme = tmp_path / "README.md"
+    readme.write_text("# Benchmarks\n\n## Training throughput\n\nkept\n")
+    monkeypatch.setattr(run, "README", readme)
+    run.write_readme("python -m bench.run --smoke")
+    run.write_readme("python -m bench.run --smoke")  # replaces its block, keeps the rest
+    text = readme.read_text()
+    assert "## Training throughput\n\nkept" in text and text.count(run.START) == 1
+    assert "search efficiency" in text
