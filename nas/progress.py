@@ -58,13 +58,22 @@ class RichProgress(Progress):
     def _line(self) -> Text:
         counts = self.status.get("counts", {})
         elapsed = time.time() - self.started
+        done = self.info.get("already", 0) + sum(v for k, v in counts.items() if k != "infeasible")
+        budget = f"{elapsed:.0f}s"
+        if self.info.get("timeout_s"):
+            budget += f" ({max(0.0, self.info['timeout_s'] - elapsed):.0f}s left)"
+        if self.info.get("compute_budget_s"):
+            budget += (
+                f" | compute {self.status.get('compute_s', 0.0):.0f}"
+                f"/{self.info['compute_budget_s']:.0f}s"
+            )
         text = (
-            f"{sum(v for k, v in counts.items() if k != 'infeasible')}/{self.info.get('target', '?')} trials "
+            f"{done}/{self.info.get('target', '?')} trials "
             f"| done {counts.get('complete', 0)} pruned {counts.get('pruned', 0)} "
             f"failed {counts.get('failed', 0)} cached {counts.get('cached', 0)} "
             f"infeasible {counts.get('infeasible', 0)} "
             f"| workers {self.status.get('busy', 0)}/{self.info.get('slots', '?')} "
-            f"| {elapsed:.0f}s | {_fmt_best(self.status.get('best'))}"
+            f"| {budget} | {_fmt_best(self.status.get('best'))}"
         )
         return Text(text, overflow="ellipsis", no_wrap=True)
 

@@ -348,6 +348,8 @@ class Search:
                     "pruner": self.pruner_name,
                     "sampler": self.config.sampler,
                     "objectives": list(self.config.objectives),
+                    "timeout_s": self.config.timeout,
+                    "compute_budget_s": (self.config.max_compute_hours or 0) * 3600 or None,
                 }
             )
             status = self._loop(ray, accounted, slots, started)
