@@ -199,6 +199,7 @@ class Search:
         self.pending: dict[str, _Pending] = {}  # key -> running on a worker
         self.waiting: dict[tuple, list[_Pending]] = {}  # dedup key -> trials waiting on it
         self.inflight_keys: dict[tuple, str] = {}  # dedup key -> pending key
+        self._infeasible_streak = 0
         self.counts = {"complete": 0, "pruned": 0, "failed": 0, "cached": 0, "infeasible": 0}
         self.compute_s = 0.0
         self.known: dict[tuple, RunRecord] = {}
@@ -405,32 +406,13 @@ class Search:
         cfg = self.config
         deadline = started + cfg.timeout if cfg.timeout else math.inf
         budget_s = cfg.max_compute_hours * 3600 if cfg.max_compute_hours else math.inf
-        consecutive_infeasible = 0
         next_beat = time.time() + cfg.heartbeat_s
         reports_ref = None
         status = "finished"
+        self._infeasible_streak = 0
         while True:
-            outstanding = len(self.pending) + sum(len(v) for v in self.waiting.values())
-            done = accounted + self.counts_done()
-            out_of_budget = time.time() >= deadline or self.compute_s >= budget_s
-            if out_of_budget:
+            if self._fill(accounted, slots, deadline, budget_s):
                 status = "budget"
-            # Ask for as many candidates as there are free slots and trials left.
-            while (
-                not out_of_budget
-                and len(self.pending) < slots
-                and done + outstanding < cfg.trials
-                and not self._grid_exhausted()
-            ):
-                outcome = self._propose(ray)
-                if outcome == "infeasible":
-                    consecutive_infeasible += 1
-                    if consecutive_infeasible >= MAX_CONSECUTIVE_INFEASIBLE:
-                        raise UserError(self._impossible_message())
-                    continue
-                consecutive_infeasible = 0
-                outstanding = len(self.pending) + sum(len(v) for v in self.waiting.values())
-                done = accounted + self.counts_done()
             if not self.pending and not self.waiting:
                 break
             if time.time() >= next_beat:
@@ -447,11 +429,39 @@ class Search:
             if ready and refs:
                 finished, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
                 done_refs = set(finished)
-                for p in [p for p in self.pending.values() if p.ref in done_refs]:
+                landed = [k for k, p in self.pending.items() if p.ref in done_refs]
+                landed_trials = [self.pending.pop(k) for k in landed]
+                # Refill the freed slots first and record afterwards: the store writes and
+                # Optuna tells of a finished trial stay off the workers' critical path.
+                if self._fill(accounted, slots, deadline, budget_s, settling=len(landed_trials)):
+                    status = "budget"
+                for p in landed_trials:
                     self._finish(ray, p)
         if self.pending:  # pragma: no cover - defensive
             self._abandon_all(ray, "interrupted")
         return status
+
+    def _fill(
+        self, accounted: int, slots: int, deadline: float, budget_s: float, settling: int = 0
+    ) -> bool:
+        """Ask for as many candidates as there are free slots and trials left.
+
+        `settling` counts finished trials not yet recorded (they still count against
+        `--trials`). Returns True when the time or compute budget is spent.
+        """
+        if time.time() >= deadline or self.compute_s >= budget_s:
+            return True
+        while len(self.pending) < slots and not self._grid_exhausted():
+            outstanding = len(self.pending) + sum(len(v) for v in self.waiting.values())
+            if accounted + self.counts_done() + outstanding + settling >= self.config.trials:
+                break
+            if self._propose() == "infeasible":
+                self._infeasible_streak += 1
+                if self._infeasible_streak >= MAX_CONSECUTIVE_INFEASIBLE:
+                    raise UserError(self._impossible_message())
+            else:
+                self._infeasible_streak = 0
+        return False
 
     def _grid_exhausted(self) -> bool:
         """A grid search ends when every grid point has been proposed once."""
@@ -480,7 +490,7 @@ class Search:
         )
 
     # -- one candidate --------------------------------------------------------------------------
-    def _propose(self, ray: Any) -> str:
+    def _propose(self) -> str:
         from workers.ray_task import submit_trial
 
         trial = self.study.ask()
@@ -592,8 +602,7 @@ class Search:
 
     # -- outcomes -------------------------------------------------------------------------------
     def _finish(self, ray: Any, p: _Pending) -> None:
-        pkey = next(k for k, v in self.pending.items() if v is p)
-        del self.pending[pkey]
+        """Record the outcome of `p` (already out of `pending`) and answer its duplicates."""
         self.inflight_keys.pop(p.key, None)
         try:
             result = ray.get(p.ref)
