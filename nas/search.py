@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import socket
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -200,6 +203,7 @@ class Search:
         self.waiting: dict[tuple, list[_Pending]] = {}  # dedup key -> trials waiting on it
         self.inflight_keys: dict[tuple, str] = {}  # dedup key -> pending key
         self._infeasible_streak = 0
+        self._stop_requested = False
         self.counts = {"complete": 0, "pruned": 0, "failed": 0, "cached": 0, "infeasible": 0}
         self.compute_s = 0.0
         self.known: dict[tuple, RunRecord] = {}
@@ -321,6 +325,7 @@ class Search:
         )
         status = "finished"
         we_started_ray = False
+        restore_sigint = self._catch_sigint()
         try:
             accounted = self._recover()
             self._enqueue_requested()
@@ -356,8 +361,11 @@ class Search:
             status = self._loop(ray, accounted, slots, started)
         except KeyboardInterrupt:
             status = "interrupted"
-            self._abandon_all(ray, "interrupted")
+            # A Ray we started goes down with us (shutdown kills its workers); cancelling
+            # tasks one by one as well has tripped Ray's task manager into aborting.
+            self._abandon_all(ray, "interrupted", cancel=not we_started_ray)
         finally:
+            restore_sigint()
             self.progress.stop()
             try:
                 # Running out of budget is a normal end of a search.
@@ -411,6 +419,8 @@ class Search:
         status = "finished"
         self._infeasible_streak = 0
         while True:
+            if self._stop_requested:
+                raise KeyboardInterrupt
             if self._fill(accounted, slots, deadline, budget_s):
                 status = "budget"
             if not self.pending and not self.waiting:
@@ -731,13 +741,29 @@ class Search:
             values = None
         self._emit(p, "cached", values=values, run=run)
 
-    def _abandon_all(self, ray: Any, reason: str) -> None:
+    def _catch_sigint(self) -> Callable[[], None]:
+        """First Ctrl-C: stop at the next turn of the loop (never inside a Ray call);
+        a second one interrupts at once. Returns the function that restores the old handler."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        previous = signal.getsignal(signal.SIGINT)
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_requested = True
+
+        signal.signal(signal.SIGINT, handler)
+        return lambda: signal.signal(signal.SIGINT, previous)
+
+    def _abandon_all(self, ray: Any, reason: str, *, cancel: bool = True) -> None:
         """Ctrl-C or a fatal error: cancel what runs, mark it, queue retries for the next run."""
         for p in list(self.pending.values()):
-            try:
-                ray.cancel(p.ref, force=True)
-            except Exception:  # noqa: BLE001 - the task may be finished or gone already
-                pass
+            if cancel:
+                try:
+                    ray.cancel(p.ref, force=True)
+                except Exception:  # noqa: BLE001 - the task may be finished or gone already
+                    pass
             self._tell_abandoned(p.trial.number, p.trial.params, p.trial.user_attrs, reason)
         for waiting in self.waiting.values():
             for w in waiting:
