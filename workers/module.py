@@ -148,6 +148,10 @@ class ClassifierModule(pl.LightningModule):
         forward_net: Any = None,
     ) -> None:
         super().__init__()
+        # Lightning's manual optimisation: the same loop, hooks and precision plugins, without
+        # the closure machinery of automatic optimisation, which cost ~1 ms per step (7% of a
+        # batch-64 step on a small CPU model, bench/throughput.py).
+        self.automatic_optimization = False
         self.net = net
         self.config = config
         self.steps_per_epoch = steps_per_epoch
@@ -169,11 +173,18 @@ class ClassifierModule(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch
+        optimizer = self.optimizers()
+        optimizer.zero_grad(set_to_none=True)
         logits = self.forward_net(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.config.label_smoothing)
+        self.manual_backward(loss)
+        optimizer.step()
+        scheduler = self.lr_schedulers()
+        if scheduler is not None:
+            scheduler.step()  # per-step schedules (one-cycle, cosine, step)
         self.train_loss_sum = self.train_loss_sum + loss.detach() * len(y)
         self.train_count += len(y)
-        return loss
+        return loss.detach()
 
     # 2. validation: plain cross-entropy (comparable across recipes) and accuracy
     def on_validation_epoch_start(self) -> None:
