@@ -77,6 +77,17 @@ class RunRecord:
     search_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
+    # What a worker measures, under the same names in its result dict (`TrialResult`).
+    MEASURED = (
+        "val_accuracy", "best_val_accuracy", "val_loss", "latency_ms", "latency_ms_batch",
+        "samples_per_s", "peak_memory_mb", "device", "host", "node_id", "duration_s",
+    )
+
+    @classmethod
+    def measured(cls, result: dict[str, Any]) -> dict[str, Any]:
+        """The measured fields of a worker's result dict, as keyword arguments."""
+        return {name: result.get(name) for name in cls.MEASURED}
+
 
 @dataclass
 class EpochRecord:
