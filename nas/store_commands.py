@@ -107,7 +107,7 @@ def print_trials(
         ("best acc", "right"),
         ("params", "right"),
         ("MACs", "right"),
-        ("epochs", "right"),
+        ("fidelity", "right"),
         ("time", "right"),
         ("arch", "left"),
         ("note", "left"),
