@@ -7,6 +7,7 @@ machine, because absolute seconds on a shared 2-core box mean little.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import hashlib
 import json
@@ -18,7 +19,8 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +259,43 @@ def search_config(url: str, study: str, **overrides: Any) -> Any:
 
 def run_id_of(argv: list[str] | None) -> list[str]:
     return list(sys.argv[1:] if argv is None else argv)
+
+
+@dataclass
+class TrialCountRun:
+    """What a benchmark sized by a trial count starts from (see `trial_count_run`)."""
+
+    args: argparse.Namespace
+    argv: list[str]
+    trials: int
+    mode: str  # full | quick | smoke
+    started: float
+    load_at_start: float | None
+
+
+def trial_count_run(
+    prog: str,
+    description: str,
+    argv: list[str] | None,
+    *,
+    full: int,
+    quick: int,
+    smoke: int,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> TrialCountRun:
+    """The shared command line of the trial-count benchmarks (`--quick`, `--smoke`,
+    `--trials N`), with logging quietened and the start time and load recorded."""
+    argv = run_id_of(argv)
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument("--quick", action="store_true", help=f"{quick} trials")
+    ap.add_argument("--smoke", action="store_true", help=f"{smoke} trials (tests)")
+    ap.add_argument("--trials", type=int)
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args(argv)
+    quiet()
+    started = time.time()
+    load0 = machine()["load_average_1m"]
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    n = args.trials or {"smoke": smoke, "quick": quick, "full": full}[mode]
+    return TrialCountRun(args, argv, n, mode, started, load0)

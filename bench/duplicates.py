@@ -14,8 +14,6 @@ architecture, so the count does not depend on training noise) and the same TPE s
 
 from __future__ import annotations
 
-import argparse
-import time
 from typing import Any
 
 from bench import common
@@ -65,17 +63,13 @@ def resnas(n: int, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = common.run_id_of(argv)
-    ap = argparse.ArgumentParser(prog="python -m bench.duplicates", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_TRIALS} trials")
-    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials (tests)")
-    ap.add_argument("--trials", type=int)
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args(argv)
-    common.quiet()
-    started = time.time()
-    load0 = common.machine()["load_average_1m"]
-    n = args.trials or (SMOKE_TRIALS if args.smoke else QUICK_TRIALS if args.quick else FULL_TRIALS)
+    run = common.trial_count_run(
+        "python -m bench.duplicates", __doc__.split("\n")[0], argv,
+        full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
+        extra=lambda ap: ap.add_argument("--seed", type=int, default=0),
+    )
+    args = run.args
+    n = run.trials
     common.header(f"duplicates: {n} proposals, made-up objective, TPE")
     raw = raw_optuna(n, args.seed, resnas_tpe=True)
     raw_default = raw_optuna(n, args.seed, resnas_tpe=False)
@@ -91,17 +85,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"   resnas: {mine['answered_from_store']} answered from the store, "
           f"{mine['trained_twice']} trained twice")
     data = {
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "mode": run.mode,
         "trials": n,
         "raw_optuna": raw,
         "raw_optuna_default_tpe": raw_default,
         "resnas": mine,
         "goals": {"resnas_trains_no_architecture_twice": mine["trained_twice"] == 0},
-        "_load_at_start": load0,
+        "_load_at_start": run.load_at_start,
     }
     print(f"   goal resnas trains no architecture twice: "
           f"{'met' if data['goals']['resnas_trains_no_architecture_twice'] else 'NOT met'}")
-    path = common.write_result("duplicates", data, started=started, argv=argv)
+    path = common.write_result("duplicates", data, started=run.started, argv=run.argv)
     print(f"   -> {path}")
     return data
 

@@ -18,7 +18,6 @@ Worker utilisation = summed trial compute (the trials' own `duration_s`, measure
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -115,16 +114,11 @@ def _figures(wall: float, durations: list[float], workers: int, extra: dict) -> 
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = common.run_id_of(argv)
-    ap = argparse.ArgumentParser(prog="python -m bench.overhead", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_TRIALS} trials")
-    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials (tests)")
-    ap.add_argument("--trials", type=int)
-    args = ap.parse_args(argv)
-    common.quiet()
-    started = time.time()
-    load0 = common.machine()["load_average_1m"]
-    n = args.trials or (SMOKE_TRIALS if args.smoke else QUICK_TRIALS if args.quick else FULL_TRIALS)
+    run = common.trial_count_run(
+        "python -m bench.overhead", __doc__.split("\n")[0], argv,
+        full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
+    )
+    n = run.trials
     common.header(f"orchestration overhead: {n} short trials, {WORKERS} workers, {EPOCHS} epochs")
     specs = small_specs(n)
     out: dict[str, Any] = {}
@@ -144,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
     mine, tune_ = out["resnas"], out["ray_tune"]
     data = {
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "mode": run.mode,
         "trials": n,
         "epochs": EPOCHS,
         "workers": WORKERS,
@@ -154,13 +148,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "wall_ratio_tune_over_resnas": tune_["wall_s"] / mine["wall_s"],
         "utilisation_ratio_resnas_over_tune": mine["utilisation"] / tune_["utilisation"],
         "goals": {"resnas_utilisation_ge_0.95": mine["utilisation"] >= 0.95},
-        "_load_at_start": load0,
+        "_load_at_start": run.load_at_start,
     }
     print(
         f"   Ray Tune wall / resnas wall = {data['wall_ratio_tune_over_resnas']:.2f}x; "
         f"goal resnas utilisation >= 0.95: {'met' if data['goals']['resnas_utilisation_ge_0.95'] else 'NOT met'}"
     )
-    path = common.write_result("overhead", data, started=started, argv=argv)
+    path = common.write_result("overhead", data, started=run.started, argv=run.argv)
     print(f"   -> {path}")
     return data
 

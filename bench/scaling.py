@@ -13,9 +13,7 @@ R x L workers busy (Little's law: trials in flight = arrival rate x time in syst
 
 from __future__ import annotations
 
-import argparse
 import json
-import time
 from typing import Any
 
 from bench import common
@@ -40,16 +38,11 @@ def controller_rate() -> tuple[str | None, float | None]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    argv = common.run_id_of(argv)
-    ap = argparse.ArgumentParser(prog="python -m bench.scaling", description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help=f"{QUICK_TRIALS} trials")
-    ap.add_argument("--smoke", action="store_true", help=f"{SMOKE_TRIALS} trials (tests)")
-    ap.add_argument("--trials", type=int)
-    args = ap.parse_args(argv)
-    common.quiet()
-    started = time.time()
-    load0 = common.machine()["load_average_1m"]
-    n = args.trials or (SMOKE_TRIALS if args.smoke else QUICK_TRIALS if args.quick else FULL_TRIALS)
+    run = common.trial_count_run(
+        "python -m bench.scaling", __doc__.split("\n")[0], argv,
+        full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
+    )
+    n = run.trials
     common.header(f"scaling: {n} short trials with 1 and 2 workers")
     specs = small_specs(n, seed=11)
     out: dict[str, Any] = {}
@@ -75,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"   controller {rate:.1f} trials/s ({backend}) x {L} s trials = "
                   f"{c['max_busy_workers']} workers kept busy at most")
     data = {
-        "mode": "smoke" if args.smoke else "quick" if args.quick else "full",
+        "mode": run.mode,
         "trials": n,
         **out,
         "speedup_2_over_1": speedup,
@@ -83,9 +76,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "controller_trials_per_s": rate,
         "max_cluster": cluster,
         "goals": {"speedup_ge_1.9": speedup >= 1.9},
-        "_load_at_start": load0,
+        "_load_at_start": run.load_at_start,
     }
-    path = common.write_result("scaling", data, started=started, argv=argv)
+    path = common.write_result("scaling", data, started=run.started, argv=run.argv)
     print(f"   -> {path}")
     return data
 
