@@ -89,9 +89,7 @@ class _Pending:
     retry_of: int | None
     started: float
     ref: Any = None
-    last_epoch: int = 0
     epochs: list[dict[str, Any]] = field(default_factory=list)
-    stop_sent: bool = False
 
 
 class Progress:
@@ -593,19 +591,16 @@ class Search:
             if p is None:
                 decisions.append((pkey, epoch, True))
                 continue
-            p.last_epoch = epoch
             p.epochs.append(metrics)
             self.progress.epoch(p.trial.number, epoch, metrics)
             acc = metrics.get("val_accuracy")
             stop = False
-            if acc is None or not math.isfinite(acc):
-                pass
-            elif self.mo_pruner is not None:
-                stop = self.mo_pruner.should_prune(epoch, (p.params, p.flops), acc)
-            elif not self.config.multi_objective:
-                p.trial.report(acc, epoch)
-                stop = epoch < self.epochs and p.trial.should_prune()
-            p.stop_sent = p.stop_sent or stop
+            if acc is not None and math.isfinite(acc):
+                if self.mo_pruner is not None:
+                    stop = self.mo_pruner.should_prune(epoch, (p.params, p.flops), acc)
+                elif not self.config.multi_objective:
+                    p.trial.report(acc, epoch)
+                    stop = epoch < self.epochs and p.trial.should_prune()
             decisions.append((pkey, epoch, stop))
         if decisions:
             self.broker.decide.remote(decisions)
