@@ -72,12 +72,31 @@ if torch.cuda.is_available():
     print(f"bf16+channels_last speed-up over fp32 (run_trial): "
           f"{rows[1]['run_trial_samples_per_s'] / rows[0]['run_trial_samples_per_s']:.2f}x")
 
-# 4. the training path must not have loaded the service's heavy dependencies
+# 4. a candidate too big for the card: a clean "out_of_memory" failure, and the next trial in the
+#    same process still trains (the memory was given back)
+oom = None
+if torch.cuda.is_available():
+    from dataclasses import replace
+    huge = replace(spec, stem_width=1024, stages=tuple(
+        replace(s, width=1024) for s in spec.stages), name="too-big")
+    r = run_trial({"spec": huge.to_dict(),
+                   "config": base.with_(epochs=1, batch_size=8192).to_dict()})
+    after = run_trial({"spec": spec.to_dict(), "config": base.with_(epochs=1).to_dict()})
+    oom = {"state": r.state, "reason": r.reason, "after_state": after.state,
+           "after_acc": after.val_accuracy,
+           "allocated_mb_after": torch.cuda.memory_allocated() / 2**20}
+    print(f"oversized candidate: {r.state} ({r.reason}); next trial: {after.state} "
+          f"acc={after.val_accuracy}; allocated now {oom['allocated_mb_after']:.0f} MB", flush=True)
+
+# 5. the training path must not have loaded the service's heavy dependencies
 heavy = sorted({m.split(".")[0] for m in sys.modules} & {"optuna", "ray", "sqlalchemy"})
 print(f"heavy modules loaded: {heavy or 'none'}")
 os.makedirs(out_dir, exist_ok=True)
 with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
     json.dump({"n": n, "epochs": epochs, "batch": batch, "rows": rows,
-               "probe": probe.to_dict(), "heavy": heavy}, f, indent=2)
-sys.exit(1 if heavy else 0)
+               "probe": probe.to_dict(), "oom": oom, "heavy": heavy,
+               "torch": torch.__version__,
+               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}, f, indent=2)
+bad_oom = oom is not None and (oom["reason"] != "out_of_memory" or oom["after_state"] != "complete")
+sys.exit(1 if heavy or bad_oom else 0)
 PYEOF
