@@ -310,6 +310,13 @@ class Store:
         input_size: tuple[int, int],
     ) -> None:
         """Insert the architecture and its stage rows, or refresh its params/FLOPs. Idempotent."""
+        with self._session(f"saving architecture {spec.arch_id}", write=True) as session:
+            for stmt in self._architecture_statements(spec, params, flops, input_size):
+                session.execute(stmt)
+
+    def _architecture_statements(
+        self, spec: ArchitectureSpec, params: int, flops: int, input_size: tuple[int, int]
+    ) -> tuple[Any, Any]:
         arch_id = spec.arch_id
         height, width = input_size
         values = {
@@ -350,9 +357,7 @@ class Store:
             .values(stages)
             .on_conflict_do_nothing(index_elements=["arch_id", "stage"])
         )
-        with self._session(f"saving architecture {arch_id}", write=True) as session:
-            session.execute(stmt)
-            session.execute(stage_stmt)
+        return stmt, stage_stmt
 
     def save_recipe(self, recipe_id: str, recipe: dict, dataset: str) -> None:
         """Insert the recipe unless it exists (its id is the hash of its content)."""
@@ -386,12 +391,16 @@ class Store:
         run: RunRecord,
         epochs: Sequence[EpochRecord] = (),
         weights: bytes | None = None,
+        *,
+        spec: ArchitectureSpec | None = None,
+        input_size: tuple[int, int] | None = None,
     ) -> int:
         """Insert `run`, or update the row with the same (study, trial_number); returns its id.
 
         Run, epochs and weights are written in one transaction. Epochs are merged by epoch
         number (so a running trial can send its curve piece by piece); `weights=None` keeps
-        whatever weights the run already has.
+        whatever weights the run already has. With `spec` (and `input_size`), the
+        architecture is saved as `save_architecture` would, in the same transaction.
         """
         _check_choice("state", run.state, RUN_STATES)
         if weights is not None and not isinstance(weights, (bytes, bytearray, memoryview)):
@@ -407,7 +416,14 @@ class Store:
             set_={k: stmt.excluded[k] for k in values if k not in ("study", "trial_number")},
         ).returning(RunModel.id)
         what = f"recording trial {run.trial_number} of study {run.study!r}"
+        arch = (
+            self._architecture_statements(spec, run.params or 0, run.flops or 0, input_size)
+            if spec is not None and input_size is not None
+            else ()
+        )
         with self._session(what, write=True) as session:
+            for arch_stmt in arch:
+                session.execute(arch_stmt)
             run_id = int(session.execute(stmt).scalar_one())
             if epochs:
                 rows = [

@@ -24,6 +24,7 @@ from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAIN
 from db import EpochRecord, RunRecord, Store, StoreError
 from nas.config import SearchConfig
 from nas.errors import UserError
+from nas.optuna_io import BatchingStorage, dashboard_note
 from nas.samplers import AskTellGridSampler, CostAwareHalving, make_pruner, make_sampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
 from workers import TrainConfig, dataset_info
@@ -185,7 +186,7 @@ class Search:
         self.pruner_name = config.effective_pruner(self.epochs)
         self.cost_objectives = [o for o in config.objectives if o != "accuracy"]
         # 2. the store, then Optuna's tables beside ours in the same database.
-        self.storage = open_storage(config.storage)
+        self.storage = BatchingStorage(open_storage(config.storage))
         try:
             self.store = Store(config.storage)
         except StoreError as exc:
@@ -502,45 +503,49 @@ class Search:
         from workers.ray_task import submit_trial
 
         trial = self.study.ask()
-        try:
-            spec = self.space.suggest(
-                trial, in_channels=self.data.in_channels, num_classes=self.data.num_classes
-            )
-        except ValueError as exc:
-            # An invalid combination in a user's space: the sampler learns to avoid it.
-            trial.set_user_attr("reason", f"invalid spec: {exc}")
+        # The suggested params, our attributes and the dashboard note: one commit, not a dozen.
+        with self.storage.batch(trial) as batch:
+            try:
+                spec = self.space.suggest(
+                    trial, in_channels=self.data.in_channels, num_classes=self.data.num_classes
+                )
+            except ValueError as exc:
+                # An invalid combination in a user's space: the sampler learns to avoid it.
+                batch.user_attrs["reason"] = f"invalid spec: {exc}"
+                spec = None
+            if spec is not None:
+                cost = complexity(spec, self.input_size)
+                batch.user_attrs.update({
+                    "arch_id": spec.arch_id,
+                    "params": cost.params,
+                    "flops": cost.flops,
+                    "architecture": spec.summary(),
+                    "skips": ",".join(s.skip for s in spec.stages),
+                })
+                # Constraint values > 0 mean "broken"; constraint-aware samplers (TPE,
+                # NSGA-II, GP) read them from the trial (what `Trial.set_constraint` writes).
+                for name, value in (("params", cost.params), ("flops", cost.flops)):
+                    limit = self.limits[f"max_{name}"]
+                    if limit:
+                        batch.system_attrs[f"{CONSTRAINTS_KEY}:{name}"] = float(value - limit)
+                infeasible = any(v > 0 for v in batch.system_attrs.values())
+                if infeasible:
+                    batch.user_attrs["infeasible"] = True
+                note = dashboard_note(trial, stage_markdown(spec, cost.params, cost.flops))
+                batch.study_system_attrs.update(note or {})
+        if spec is None:
             self.study.tell(trial, state=TrialState.FAIL)
             self.counts["failed"] += 1
             return "failed"
-        cost = complexity(spec, self.input_size)
         retry_of = trial.user_attrs.get("retry_of")
-        attrs: dict[str, Any] = {
-            "arch_id": spec.arch_id,
-            "params": cost.params,
-            "flops": cost.flops,
-            "architecture": spec.summary(),
-            "skips": ",".join(s.skip for s in spec.stages),
-        }
-        # Constraint values > 0 mean "broken"; constraint-aware samplers (TPE, NSGA-II, GP)
-        # read them from the trial (what `Trial.set_constraint` writes).
-        constraints = {}
-        for name, value in (("params", cost.params), ("flops", cost.flops)):
-            limit = self.limits[f"max_{name}"]
-            if limit:
-                constraints[f"{CONSTRAINTS_KEY}:{name}"] = float(value - limit)
-        violations = list(constraints.values())
-        if any(v > 0 for v in violations):
-            attrs["infeasible"] = True
-        set_trial_attrs(trial, attrs, constraints)
-        _save_note(trial, spec, cost.params, cost.flops)
         key = (spec.arch_id, self.recipe.recipe_id, self.recipe.dataset, self.epochs)
         pending = _Pending(trial, spec, key, cost.params, cost.flops, retry_of, time.time())
-        if spec.arch_id not in self.saved_archs:
-            self.store.save_architecture(
-                spec, params=cost.params, flops=cost.flops, input_size=self.input_size
-            )
-            self.saved_archs.add(spec.arch_id)
-        if any(v > 0 for v in violations):
+        if infeasible:
+            if spec.arch_id not in self.saved_archs:  # no run row carries it into the store
+                self.store.save_architecture(
+                    spec, params=cost.params, flops=cost.flops, input_size=self.input_size
+                )
+                self.saved_archs.add(spec.arch_id)
             # Never trained; told as complete-but-infeasible so a constraint-aware sampler
             # learns to avoid the region.
             values = self._values(0.0, pending, latency=None)
@@ -661,10 +666,12 @@ class Search:
             extra={"traceback": result.get("traceback")} if result.get("traceback") else {},
         )
         epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
-        run.id = self.store.record_run(run, epochs, weights=result.get("weights"))
+        run.id = self.store.record_run(
+            run, epochs, weights=result.get("weights"), **self._architecture_of(p.spec)
+        )
         self.compute_s += float(result.get("duration_s") or 0.0)
         shown = {"device": run.device, "host": run.host, "run_id": run.id, "reason": run.reason}
-        set_trial_attrs(p.trial, {k: v for k, v in shown.items() if v is not None})
+        self.storage.attrs_at_tell(p.trial, {k: v for k, v in shown.items() if v is not None})
         if state == "complete" and acc is not None and math.isfinite(acc):
             values = self._values(acc, p, result.get("latency_ms"))
             self.study.tell(p.trial, values)
@@ -683,6 +690,14 @@ class Search:
             self._emit(p, "failed", run=run, reason=run.reason)
         return run
 
+    def _architecture_of(self, spec: ArchitectureSpec) -> dict[str, Any]:
+        """`record_run` arguments that save `spec` with the run, the first time only (one
+        transaction per trial instead of two)."""
+        if spec.arch_id in self.saved_archs:
+            return {}
+        self.saved_archs.add(spec.arch_id)
+        return {"spec": spec, "input_size": self.input_size}
+
     def _record_lost(self, p: _Pending, reason: str) -> None:
         run = RunRecord(
             id=None, study=self.config.study, trial_number=p.trial.number, arch_id=p.spec.arch_id,
@@ -691,7 +706,9 @@ class Search:
             finished=time.time(), duration_s=time.time() - p.started, retry_of=p.retry_of,
             search_id=self.search_id,
         )
-        self.store.record_run(run, [EpochRecord.from_metrics(e) for e in p.epochs])
+        self.store.record_run(
+            run, [EpochRecord.from_metrics(e) for e in p.epochs], **self._architecture_of(p.spec)
+        )
         retried = self._tell_abandoned(p.trial.number, p.trial.params, p.trial.user_attrs, reason)
         if not retried:  # a retried trial is accounted for by its retry
             self.counts["failed"] += 1
@@ -711,8 +728,8 @@ class Search:
             cached_from=source.cached_from or source.id, retry_of=p.retry_of,
             search_id=self.search_id,
         )
-        run.id = self.store.record_run(run)
-        p.trial.set_user_attr("cached_from", run.cached_from)
+        run.id = self.store.record_run(run, **self._architecture_of(p.spec))
+        self.storage.attrs_at_tell(p.trial, {"cached_from": run.cached_from})
         self.counts["cached"] += 1
         if source.state == "complete":
             values = self._values(source.val_accuracy or 0.0, p, source.latency_ms)
@@ -804,64 +821,6 @@ def stage_markdown(spec: ArchitectureSpec, params: int, flops: int) -> str:
         block = st.block if st.block == "basic" else f"bottleneck x{st.expansion} g{st.groups}"
         lines.append(f"| {i} | {st.depth} | {st.width} | {st.stride} | {block} | {st.skip} |")
     return "\n".join(lines)
-
-
-def set_trial_attrs(
-    trial: optuna.trial.Trial, user: dict[str, Any], system: dict[str, Any] | None = None
-) -> None:
-    """Several trial attributes in ONE transaction.
-
-    `Trial.set_user_attr` commits once per attribute; a dozen commits per trial was the
-    largest part of the controller's own cost on PostgreSQL (bench/controller.py). On an RDB
-    storage we write them the way `RDBStorage.set_trial_user_attr` does, in one session; any
-    other storage (or an Optuna without these internals) gets the public calls.
-    """
-    system = system or {}
-    if not user and not system:
-        return
-    storage = trial.storage
-    backend = getattr(storage, "_backend", storage)
-    try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        write = backend._set_trial_attr_without_commit
-        session_factory = backend.scoped_session
-    except (ImportError, AttributeError):
-        for key, value in user.items():
-            trial.set_user_attr(key, value)
-        for key, value in system.items():
-            storage.set_trial_system_attr(trial._trial_id, key, value)
-        return
-    with _create_scoped_session(session_factory, True) as session:
-        for key, value in user.items():
-            write(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
-        for key, value in system.items():
-            write(session, models.TrialSystemAttributeModel, trial._trial_id, key, value)
-
-
-def _save_note(trial: optuna.trial.Trial, spec: ArchitectureSpec, params: int, flops: int) -> None:
-    """The stage table as the trial's optuna-dashboard note.
-
-    `optuna_dashboard.save_note` reads every system attribute of the study twice to find the
-    note's next version; the study gains two per trial, so a long search would pay a cost
-    quadratic in its length. A new trial's note is version 1, so we write exactly what
-    save_note writes, without the reads.
-    """
-    body = stage_markdown(spec, params, flops)
-    try:
-        from optuna_dashboard._note import note_ver_key, split_body
-    except ImportError:  # pragma: no cover - a dashboard without these helpers: public API
-        try:
-            from optuna_dashboard import save_note
-        except ImportError:
-            return
-        save_note(trial, body)
-        return
-    storage, study_id = trial.storage, trial.study._study_id
-    storage.set_study_system_attr(study_id, note_ver_key(trial._trial_id), 1)
-    for key, value in split_body(body, trial._trial_id).items():
-        storage.set_study_system_attr(study_id, key, value)
 
 
 def _alive(host: str | None, pid: int | None) -> bool:
