@@ -7,6 +7,7 @@ cached per process (keyed by everything that changes the tensors).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import threading
 from dataclasses import dataclass
@@ -59,9 +60,16 @@ class LoadedData:
     flip: bool  # horizontal flips are label-preserving (used by `augment`)
 
 
-def _split_sizes(n: int, val_fraction: float) -> tuple[int, int]:
+def _split_sizes(n: int, val_fraction: float, name: str) -> tuple[int, int]:
+    """(train, validation) sizes of a dataset of `n` samples split off by `val_fraction`."""
     n_val = int(round(n * val_fraction))
-    return n - n_val, n_val
+    n_train = n - n_val
+    if n_train < 1 or n_val < 1:
+        raise DataError(
+            f"dataset `{name}` has {n} samples: a val_fraction of {val_fraction} "
+            f"leaves {n_train} for training and {n_val} for validation; both need >= 1"
+        )
+    return n_train, n_val
 
 
 def _cache_key(config: TrainConfig) -> tuple[Any, ...]:
@@ -98,9 +106,9 @@ def dataset_info(config: TrainConfig | dict[str, Any]) -> DatasetInfo:
     """
     config = TrainConfig.from_dict(config)
     known = _KNOWN.get(config.dataset)
-    if known is not None and config.dataset != "digits":
+    if known is not None:  # the search driver needs only shapes: no import, no loading
         channels, classes, size, n, _ = known
-        n_train, n_val = _split_sizes(n, config.val_fraction)
+        n_train, n_val = _split_sizes(n, config.val_fraction, config.dataset)
         return DatasetInfo(config.dataset, channels, classes, size, n_train, n_val)
     return load_data(config).info
 
@@ -132,15 +140,32 @@ def load_data(config: TrainConfig | dict[str, Any]) -> LoadedData:
 def _load_uncached(config: TrainConfig) -> LoadedData:
     ds = config.dataset
     if ds == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = (bunch.images.astype(np.float32) / 16.0)[:, None]  # 0..16 -> 0..1, add channel
-        y = bunch.target.astype(np.int64)
+        images, target = _digits()
+        x = (images.astype(np.float32) / 16.0)[:, None]  # 0..16 -> 0..1, add channel
+        y = target.astype(np.int64)
         return _prepare("digits", x, y, None, None, 10, config.val_fraction, flip=False)
     if ds.startswith("npz:"):
         return _load_npz(ds[4:], config.val_fraction)
     return _load_torchvision(ds, config)
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (1797 images of 8x8, values 0..16, and their labels).
+
+    Read straight from the CSV scikit-learn ships, as `load_digits` does, without importing
+    scikit-learn: that import costs a fresh Ray worker about a second of CPU before its
+    first trial. Falls back to `load_digits` if the file is not where it used to be.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",")
+            return table[:, :-1].reshape(-1, 8, 8), table[:, -1]
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    return bunch.images, bunch.target
 
 
 def _load_npz(path_text: str, val_fraction: float) -> LoadedData:
@@ -287,12 +312,7 @@ def _prepare(
 ) -> LoadedData:
     if x_val is None:
         order = np.random.default_rng(SPLIT_SEED).permutation(len(x_train))
-        n_train, n_val = _split_sizes(len(x_train), val_fraction)
-        if n_train < 1 or n_val < 1:
-            raise DataError(
-                f"dataset `{name}` has {len(x_train)} samples: a val_fraction of {val_fraction} "
-                f"leaves {n_train} for training and {n_val} for validation; both need >= 1"
-            )
+        n_train, n_val = _split_sizes(len(x_train), val_fraction, name)
         val_idx, train_idx = np.sort(order[:n_val]), np.sort(order[n_val:])
         x_train, y_train, x_val, y_val = (
             x_train[train_idx],

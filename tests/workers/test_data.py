@@ -39,6 +39,27 @@ def test_digits_info_is_the_split_of_1797_8x8_images():
     assert (info.num_train, info.num_val) == (1438, 359)
 
 
+@pytest.mark.parametrize("val_fraction", [0.1, 0.2, 0.5])
+def test_digits_info_without_loading_matches_the_loaded_split(val_fraction):
+    config = TrainConfig(val_fraction=val_fraction)
+    assert dataset_info(config) == load_data(config).info
+
+
+def test_digits_read_without_sklearn_are_sklearns_digits():
+    from sklearn.datasets import load_digits
+
+    from workers.data import _digits
+
+    images, target = _digits()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+
+
+def test_digits_with_an_empty_split_is_a_data_error_before_any_loading():
+    with pytest.raises(DataError, match="both need >= 1"):
+        dataset_info(TrainConfig(val_fraction=0.0001))
+
+
 def test_digits_is_loaded_once_per_process_and_normalised_with_train_statistics():
     first = load_data(TrainConfig(seed=1))
     assert load_data(TrainConfig(seed=2, lr=0.5)) is first  # trial settings share the data
