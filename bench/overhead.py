@@ -71,12 +71,13 @@ def run_resnas(specs: list[Any], workers: int = WORKERS, epochs: int = EPOCHS) -
             url, "overhead", trials=len(specs), workers=workers, sampler="random", pruner="none",
             seed=0, enqueue=paths, train={"epochs": epochs},
         )
-        t0 = time.perf_counter()
+        t0, t0_epoch = time.perf_counter(), time.time()
         summary = run_search(config)
         wall = time.perf_counter() - t0
-        runs = Store(url).runs("overhead")
-    durations = [r.duration_s or 0.0 for r in runs if r.cached_from is None]
-    return _figures(wall, durations, workers, {
+        runs = [r for r in Store(url).runs("overhead") if r.cached_from is None]
+    durations = [r.duration_s or 0.0 for r in runs]
+    spans = [(_epoch_s(r.started), _epoch_s(r.finished)) for r in runs]
+    return _figures(wall, durations, workers, t0_epoch, spans, {
         "counts": summary.counts,
         "trained_archs": sorted({r.arch_id for r in runs if r.cached_from is None}),
     })
@@ -88,20 +89,33 @@ def run_tune(specs: list[Any], workers: int = WORKERS, epochs: int = EPOCHS) -> 
     from bench.tune_common import run_tuner
 
     recipe = {**common.RECIPE, "epochs": epochs}
-    trials, records, wall = run_tuner(
+    trials, records, wall, t0_epoch = run_tuner(
         param_space={"spec": tune.grid_search([s.to_dict() for s in specs]), "recipe": recipe},
         max_concurrent=workers,
     )
     durations = [r["duration_s"] for r in records]
-    return _figures(wall, durations, workers, {
+    spans = [(float(r["started"]), float(r["finished"])) for r in records]
+    return _figures(wall, durations, workers, t0_epoch, spans, {
         "tune_trials": len(trials),
         "tune_errors": sum(1 for t in trials if t.get("error")),
         "trained_archs": sorted(r["arch_id"] for r in records),
     })
 
 
-def _figures(wall: float, durations: list[float], workers: int, extra: dict) -> dict[str, Any]:
+def _epoch_s(t: Any) -> float:
+    return t.timestamp() if hasattr(t, "timestamp") else float(t)
+
+
+def _figures(
+    wall: float, durations: list[float], workers: int, t0_epoch: float,
+    spans: list[tuple[float, float]], extra: dict,
+) -> dict[str, Any]:
+    """Utilisation over the whole call, and over the busy window (first trial's start to the
+    last trial's end: what is left once the one-time start-up is taken out)."""
     compute = sum(durations)
+    first = min(s for s, _ in spans) if spans else t0_epoch
+    last = max(e for _, e in spans) if spans else t0_epoch
+    window = last - first
     return {
         "wall_s": wall,
         "trials": len(durations),
@@ -109,6 +123,9 @@ def _figures(wall: float, durations: list[float], workers: int, extra: dict) -> 
         "mean_trial_s": compute / len(durations) if durations else None,
         "utilisation": compute / (workers * wall) if wall > 0 else None,
         "overhead_per_trial_s": (workers * wall - compute) / len(durations) if durations else None,
+        "startup_s": first - t0_epoch,
+        "busy_window_s": window,
+        "utilisation_busy_window": compute / (workers * window) if window > 0 else None,
         **extra,
     }
 
@@ -133,7 +150,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print(
             f"   {tool:9s} wall {r['wall_s']:6.1f} s for {r['trials']} trials holding "
             f"{r['compute_s']:5.1f} s of training: utilisation {r['utilisation']:.2f}, "
-            f"{r['overhead_per_trial_s']:.2f} s of idle slot per trial",
+            f"{r['overhead_per_trial_s']:.2f} s of idle slot per trial; first trial after "
+            f"{r['startup_s']:.1f} s, utilisation from then on {r['utilisation_busy_window']:.2f}",
             flush=True,
         )
     mine, tune_ = out["resnas"], out["ray_tune"]

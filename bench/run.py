@@ -67,6 +67,11 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
                      f"utilisation resnas {_f(r['utilisation'])} vs Ray Tune {_f(t['utilisation'])}; "
                      f"wall Tune/resnas {_f(d['wall_ratio_tune_over_resnas'])}x",
                      "resnas >= 0.95", _goal(d["goals"]["resnas_utilisation_ge_0.95"])))
+        if "utilisation_busy_window" in r:
+            rows.append(("overhead: after start-up", f"first trial after {_f(r['startup_s'], '{:.1f}')} s "
+                         f"(Tune {_f(t['startup_s'], '{:.1f}')} s); utilisation from then on resnas "
+                         f"{_f(r['utilisation_busy_window'])} vs Ray Tune "
+                         f"{_f(t['utilisation_busy_window'])}", "", ""))
     if d := _load("controller"):
         for backend, s in d["summary"].items():
             rows.append((f"controller, {backend} ({d['mode']}: {', '.join(map(str, d['sizes']))} trials)",
@@ -83,6 +88,10 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
         rows.append((f"scaling ({d['trials']} trials)", f"2 workers / 1 worker = "
                      f"{_f(d['speedup_2_over_1'])}x trials/hour", ">= 1.9x",
                      _goal(d["goals"]["speedup_ge_1.9"])))
+        if "speedup_busy_window" in d:
+            rows.append(("scaling: after start-up", f"2 workers / 1 worker = "
+                         f"{_f(d['speedup_busy_window'])}x trials/hour from the first trial's start",
+                         "", ""))
         for L, c in (d.get("max_cluster") or {}).items():
             rows.append(("scaling: one controller", f"{_f(d['controller_trials_per_s'], '{:.1f}')} trials/s "
                          f"x {L} s trials = {c['max_busy_workers']} busy workers at most", "", ""))

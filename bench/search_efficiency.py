@@ -82,7 +82,7 @@ def run_tune(seed: int, budget_s: float) -> list[dict[str, Any]]:
     epochs = common.RECIPE["epochs"]
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=epochs, grace_period=1,
                               reduction_factor=REDUCTION_FACTOR)
-    trials, _, _ = run_tuner(param_space={"recipe": dict(common.RECIPE)}, search_alg=searcher,
+    trials, _, _, _ = run_tuner(param_space={"recipe": dict(common.RECIPE)}, search_alg=searcher,
                              scheduler=scheduler, num_samples=100000)
     out = []
     for t in trials:

@@ -53,6 +53,7 @@ def trainable(config: dict[str, Any]) -> None:
             "state": result.state,
             "val_accuracy": result.val_accuracy,
             "duration_s": result.duration_s,
+            "started": result.started,
             "finished": result.finished,
             "arch_id": result.arch_id,
             "epochs": len(result.epochs),
@@ -103,9 +104,10 @@ def run_tuner(
     num_samples: int = 1,
     max_concurrent: int = 2,
     metric: str = "val_accuracy",
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
     """Run a Tuner with `trainable`; returns (each trial's last metrics, the trainable's own
-    records of unstopped trials, wall_s). Temporary directories are removed.
+    records of unstopped trials, wall_s, time.time() at the start). Temporary directories
+    are removed.
 
     Wall time counts from the call of `Tuner.fit` to its return (Ray is already up)."""
     from ray import tune
@@ -114,7 +116,7 @@ def run_tuner(
     storage = tempfile.mkdtemp(prefix="resnas-bench-tune-")
     space = dict(param_space or {})
     space["log_dir"] = log_dir
-    t0 = time.perf_counter()
+    t0, t0_epoch = time.perf_counter(), time.time()
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space=space,
@@ -141,4 +143,4 @@ def run_tuner(
         trials.append(metrics)
     for d in (log_dir, storage):
         shutil.rmtree(d, ignore_errors=True)
-    return trials, records, wall
+    return trials, records, wall, t0_epoch
