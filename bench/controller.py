@@ -29,6 +29,7 @@ from bench import common
 FULL_SIZES = (100, 1000, 10000)
 QUICK_SIZES = (100, 300)
 SMOKE_SIZES = (20, 40)
+REPEAT_UP_TO = 1000  # sizes above run once per side
 
 
 @contextlib.contextmanager
@@ -146,6 +147,11 @@ def run_bare(url: str, n: int, seed: int = 0) -> dict[str, Any]:
     }
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median per-trial time (the lower middle one of an even count)."""
+    return sorted(runs, key=lambda r: r["per_trial_ms"])[(len(runs) - 1) // 2]
+
+
 def _intervals(t0: float, stamps: list[float]) -> list[float]:
     out, last = [], t0
     for s in stamps:
@@ -161,6 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--smoke", action="store_true", help=f"sizes {SMOKE_SIZES} (tests)")
     ap.add_argument("--sizes", help="comma-separated trial counts")
     ap.add_argument("--backends", default="sqlite,postgresql")
+    ap.add_argument("--repeats", type=int, default=3,
+                    help=f"interleaved runs of each side per size up to {REPEAT_UP_TO} trials")
     args = ap.parse_args(argv)
     common.quiet()
     started = time.time()
@@ -184,16 +192,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             run_bare(url, 5)
         for backend in backends:
             for n in sizes:
-                with common.fresh_db(backend) as url:
-                    bare = run_bare(url, n)
-                with common.fresh_db(backend) as url:
-                    mine = run_resnas(url, n)
+                # Interleaved repeats (this machine's timings drift by +-20% between runs);
+                # each side's median run stands for it.
+                bares, mines = [], []
+                for _ in range(1 if args.smoke or n > REPEAT_UP_TO else args.repeats):
+                    with common.fresh_db(backend) as url:
+                        bares.append(run_bare(url, n))
+                    with common.fresh_db(backend) as url:
+                        mines.append(run_resnas(url, n))
+                bare, mine = _median_run(bares), _median_run(mines)
                 row = {
                     "backend": backend,
                     "trials": n,
+                    "repeats": len(mines),
                     "resnas": mine,
                     "bare_optuna": bare,
                     "overhead_ratio": mine["per_trial_ms"] / bare["per_trial_ms"],
+                    "per_trial_ms_all": {"resnas": [r["per_trial_ms"] for r in mines],
+                                         "bare_optuna": [r["per_trial_ms"] for r in bares]},
                 }
                 rows.append(row)
                 print(
