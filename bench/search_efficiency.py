@@ -27,7 +27,7 @@ from typing import Any
 from bench import common
 
 METHODS = ("resnas", "random", "ray_tune")
-FULL = {"seeds": 5, "budget_s": 240.0}
+FULL = {"seeds": 5, "budget_s": 150.0}
 QUICK = {"seeds": 1, "budget_s": 30.0}
 SMOKE = {"seeds": 1, "budget_s": 8.0}
 
