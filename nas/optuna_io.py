@@ -6,11 +6,12 @@ costs on SQLite (fsync) and PostgreSQL (a round trip and a WAL flush). bench/con
 measured the driver spending more on these commits than on everything else it does.
 
 `BatchingStorage` is Optuna's own `_CachedStorage` (what `create_study` wraps an
-`RDBStorage` in) plus one thing: inside `with storage.batch(trial) as batch:` the
+`RDBStorage` in) plus two things. Inside `with storage.batch(trial) as batch:` the
 parameters the sampler suggests for that trial are held back, and at the end of the block
 they are written together with the attributes collected on `batch` (user, system, and the
-study system attributes that carry the optuna-dashboard note) in ONE transaction. Outside a
-batch, and for every other call, it is `_CachedStorage` unchanged.
+study system attributes that carry the optuna-dashboard note) in ONE transaction. And
+`attrs_at_tell(trial, attrs)` puts user attributes into the transaction of the trial's tell.
+For every other call it is `_CachedStorage` unchanged.
 
 The writes use Optuna's own models and checks (the trial must still be updatable; a
 parameter's distribution must be compatible with the study's). Where those internals are
