@@ -76,7 +76,7 @@ def run_resnas(specs: list[Any], workers: int = WORKERS, epochs: int = EPOCHS) -
         wall = time.perf_counter() - t0
         runs = [r for r in Store(url).runs("overhead") if r.cached_from is None]
     durations = [r.duration_s or 0.0 for r in runs]
-    spans = [(_epoch_s(r.started), _epoch_s(r.finished)) for r in runs]
+    spans = [(float(r.started), float(r.finished)) for r in runs]
     return _figures(wall, durations, workers, t0_epoch, spans, {
         "counts": summary.counts,
         "trained_archs": sorted({r.arch_id for r in runs if r.cached_from is None}),
@@ -100,10 +100,6 @@ def run_tune(specs: list[Any], workers: int = WORKERS, epochs: int = EPOCHS) -> 
         "tune_errors": sum(1 for t in trials if t.get("error")),
         "trained_archs": sorted(r["arch_id"] for r in records),
     })
-
-
-def _epoch_s(t: Any) -> float:
-    return t.timestamp() if hasattr(t, "timestamp") else float(t)
 
 
 def _figures(

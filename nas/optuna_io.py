@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +40,7 @@ except ImportError:  # pragma: no cover - an Optuna without them gets the public
 
 @dataclass
 class TrialBatch:
-    """What one new trial writes besides its parameters, collected for one transaction."""
+    """What one new trial writes (held-back parameters, attributes), for one transaction."""
 
     trial: optuna.trial.Trial
     user_attrs: dict[str, Any] = field(default_factory=dict)
@@ -59,7 +58,6 @@ class BatchingStorage(_CachedStorage):
         super().__init__(backend)
         self._batches: dict[int, TrialBatch] = {}
         self._at_tell: dict[int, dict[str, Any]] = {}
-        self._batch_lock = threading.Lock()
 
     @contextlib.contextmanager
     def batch(self, trial: optuna.trial.Trial) -> Iterator[TrialBatch]:
@@ -69,25 +67,25 @@ class BatchingStorage(_CachedStorage):
         parameters on the failed trial), and then the exception goes on.
         """
         batch = TrialBatch(trial)
-        with self._batch_lock:
+        with self._lock:
             self._batches[trial._trial_id] = batch
         try:
             yield batch
         finally:
-            with self._batch_lock:
+            with self._lock:
                 self._batches.pop(trial._trial_id, None)
             write_trial(self, batch)
 
     def attrs_at_tell(self, trial: optuna.trial.Trial, user: dict[str, Any]) -> None:
         """Write these user attributes in the transaction that finishes `trial` (its tell)."""
-        with self._batch_lock:
+        with self._lock:
             self._at_tell.setdefault(trial._trial_id, {}).update(user)
         trial._cached_frozen_trial.user_attrs.update(user)
 
     def set_trial_state_values(
         self, trial_id: int, state: optuna.trial.TrialState, values: Any = None
     ) -> bool:
-        with self._batch_lock:
+        with self._lock:
             attrs = self._at_tell.pop(trial_id, None)
         if not attrs:
             return super().set_trial_state_values(trial_id, state, values)
