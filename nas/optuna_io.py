@@ -11,7 +11,15 @@ parameters the sampler suggests for that trial are held back, and at the end of 
 they are written together with the attributes collected on `batch` (user, system, and the
 study system attributes that carry the optuna-dashboard note) in ONE transaction. And
 `attrs_at_tell(trial, attrs)` puts user attributes into the transaction of the trial's tell.
-For every other call it is `_CachedStorage` unchanged.
+
+It also keeps a copy of each trial it created while that trial runs, updated by every write
+it makes to it, and answers `get_trial` for those from the copy. Optuna reads a running
+trial from the database three times between ask and tell (`Trial()`, and twice in `tell`),
+six statements each; bench/controller.py measured those reads as the largest cost per trial
+left on PostgreSQL. The copy is exact because the driver is the only writer of the trials it
+runs: `Search` refuses a study another live driver is searching, and other processes close a
+running trial only after its driver is gone. A trial leaves the copy when it finishes.
+Every other call is `_CachedStorage` unchanged.
 
 The writes use Optuna's own models and checks (the trial must still be updatable; a
 parameter's distribution must be compatible with the study's). Where those internals are
@@ -21,6 +29,7 @@ missing (another Optuna), everything falls back to the public calls, one commit 
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,6 +67,27 @@ class BatchingStorage(_CachedStorage):
         super().__init__(backend)
         self._batches: dict[int, TrialBatch] = {}
         self._at_tell: dict[int, dict[str, Any]] = {}
+        self._own: dict[int, optuna.trial.FrozenTrial] = {}  # running trials created here
+
+    def create_new_trial(
+        self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
+    ) -> int:
+        trial_id = super().create_new_trial(study_id, template_trial)
+        with self._lock:
+            study_id, number = self._trial_id_to_study_id_and_number[trial_id]
+            self._own[trial_id] = copy.deepcopy(self._studies[study_id].trials[number])
+        return trial_id
+
+    def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
+        with self._lock:
+            own = self._own.get(trial_id)
+            if own is not None:
+                return copy.deepcopy(own)  # callers (Trial) change what they get
+        return super().get_trial(trial_id)
+
+    def _own_trial(self, trial_id: int) -> optuna.trial.FrozenTrial | None:
+        """The copy of a running trial created here (call with the lock held)."""
+        return self._own.get(trial_id)
 
     @contextlib.contextmanager
     def batch(self, trial: optuna.trial.Trial) -> Iterator[TrialBatch]:
@@ -87,6 +117,10 @@ class BatchingStorage(_CachedStorage):
     ) -> bool:
         with self._lock:
             attrs = self._at_tell.pop(trial_id, None)
+            # Whatever happens below, the copy is done: the trial finishes, or the database
+            # says it can't (finished elsewhere), and from now on the database answers.
+            if state.is_finished():
+                self._own.pop(trial_id, None)
         if not attrs:
             return super().set_trial_state_values(trial_id, state, values)
         if models is None:  # pragma: no cover - public calls, one commit each
@@ -115,6 +149,9 @@ class BatchingStorage(_CachedStorage):
         batch = self._batches.get(trial_id)
         if batch is None or models is None:
             super().set_trial_param(trial_id, param_name, param_value_internal, distribution)
+            with self._lock:
+                if (own := self._own_trial(trial_id)) is not None:
+                    _add_param(own, param_name, param_value_internal, distribution)
             return
         with self._lock:  # the bookkeeping `_CachedStorage.set_trial_param` does, minus the write
             study_id, _ = self._trial_id_to_study_id_and_number[trial_id]
@@ -126,6 +163,49 @@ class BatchingStorage(_CachedStorage):
                 known[param_name] = distribution
         batch.params.append((param_name, param_value_internal, distribution, previous))
 
+    def set_trial_user_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_user_attr(trial_id, key, value)
+        with self._lock:
+            if (own := self._own_trial(trial_id)) is not None:
+                own.user_attrs[key] = copy.deepcopy(value)
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        super().set_trial_system_attr(trial_id, key, value)
+        with self._lock:
+            if (own := self._own_trial(trial_id)) is not None:
+                own.system_attrs[key] = copy.deepcopy(value)
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, value: float) -> None:
+        super().set_trial_intermediate_value(trial_id, step, value)
+        with self._lock:
+            if (own := self._own_trial(trial_id)) is not None:
+                own.intermediate_values[step] = value
+
+    def _keys_of(self, trial_id: int) -> tuple[set[str], set[str]] | None:
+        """The user and system attribute keys a trial created here has in the database."""
+        with self._lock:
+            own = self._own_trial(trial_id)
+            return None if own is None else (set(own.user_attrs), set(own.system_attrs))
+
+    def _written(self, batch: TrialBatch) -> None:
+        """`batch` is in the database: bring the trial's copy up to it."""
+        with self._lock:
+            own = self._own_trial(batch.trial._trial_id)
+            if own is None:
+                return
+            for name, value, dist, _ in batch.params:
+                _add_param(own, name, value, dist)
+            own.user_attrs.update(copy.deepcopy(batch.user_attrs))
+            own.system_attrs.update(copy.deepcopy(batch.system_attrs))
+
+
+def _add_param(
+    trial: optuna.trial.FrozenTrial, name: str, value: float,
+    dist: distributions.BaseDistribution,
+) -> None:
+    trial.params[name] = dist.to_external_repr(value)
+    trial.distributions[name] = dist
+
 
 def write_trial(storage: Any, batch: TrialBatch) -> None:
     """Write `batch` (params, attributes, study attributes) in one transaction."""
@@ -136,7 +216,10 @@ def write_trial(storage: Any, batch: TrialBatch) -> None:
     if models is None or not isinstance(backend, optuna.storages.RDBStorage):
         _write_public(storage, batch)
     else:
-        _write_rdb(backend, batch)
+        _write_rdb(backend, batch, storage._keys_of(trial._trial_id)
+                   if isinstance(storage, BatchingStorage) else None)
+    if isinstance(storage, BatchingStorage):
+        storage._written(batch)
     trial._cached_frozen_trial.user_attrs.update(batch.user_attrs)
     trial._cached_frozen_trial.system_attrs.update(batch.system_attrs)
 
@@ -153,7 +236,12 @@ def _write_public(storage: Any, batch: TrialBatch) -> None:
         storage.set_study_system_attr(batch.trial.study._study_id, key, value)
 
 
-def _write_rdb(backend: optuna.storages.RDBStorage, batch: TrialBatch) -> None:
+def _write_rdb(
+    backend: optuna.storages.RDBStorage, batch: TrialBatch,
+    keys: tuple[set[str], set[str]] | None = None,
+) -> None:
+    """`keys`: the user and system attribute keys the trial has in the database, where
+    known (a trial created here); only those need deleting before the insert."""
     trial_id = batch.trial._trial_id
     study_id = batch.trial.study._study_id
     with _create_scoped_session(backend.scoped_session, True) as session:
@@ -170,21 +258,28 @@ def _write_rdb(backend: optuna.storages.RDBStorage, batch: TrialBatch) -> None:
             )
         if params:
             session.execute(sa.insert(models.TrialParamModel), params)
+        user_keys, system_keys = keys or (None, None)
         _replace_attrs(session, models.TrialUserAttributeModel, "trial_id", trial_id,
-                       batch.user_attrs)
+                       batch.user_attrs, user_keys)
         _replace_attrs(session, models.TrialSystemAttributeModel, "trial_id", trial_id,
-                       batch.system_attrs)
+                       batch.system_attrs, system_keys)
         _replace_attrs(session, models.StudySystemAttributeModel, "study_id", study_id,
                        batch.study_system_attrs)
 
 
-def _replace_attrs(session: Any, model: Any, owner: str, owner_id: int, attrs: dict) -> None:
+def _replace_attrs(
+    session: Any, model: Any, owner: str, owner_id: int, attrs: dict,
+    existing: set[str] | None = None,
+) -> None:
     """Set `attrs` on one trial/study: delete the keys, insert them again (the upsert every
-    backend spells alike), two statements whatever the number of keys."""
+    backend spells alike), two statements whatever the number of keys. With `existing` (the
+    keys known to be there), only those are deleted, and no DELETE runs when none are."""
     if not attrs:
         return
     column = getattr(model, owner)
-    session.execute(sa.delete(model).where(column == owner_id, model.key.in_(list(attrs))))
+    stale = list(attrs) if existing is None else [k for k in attrs if k in existing]
+    if stale:
+        session.execute(sa.delete(model).where(column == owner_id, model.key.in_(stale)))
     session.execute(
         sa.insert(model),
         [{owner: owner_id, "key": k, "value_json": json.dumps(v)} for k, v in attrs.items()],

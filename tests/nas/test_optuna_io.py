@@ -115,3 +115,67 @@ def test_batch_flushes_what_it_holds_when_the_block_raises(sqlite_url):
         raise RuntimeError("boom")
     got = optuna.load_study(study_name="io", storage=open_storage(sqlite_url)).trials[0]
     assert "depth" in got.params and got.user_attrs["reason"] == "invalid spec"
+
+
+def _count_statements(storage: BatchingStorage) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(
+        storage._backend.engine, "before_cursor_execute",
+        lambda conn, cursor, statement, *rest: seen.append(statement.split()[0].upper()),
+    )
+    return seen
+
+
+def test_running_trials_are_read_from_the_copy_and_match_the_database(storage_url):
+    study, storage = _study(storage_url)
+    first = study.ask()
+    with storage.batch(first):
+        _suggest(first)
+    study.tell(first, 0.5)
+
+    trial = study.ask()
+    with storage.batch(trial) as batch:
+        _suggest(trial)
+        batch.user_attrs["arch_id"] = "abc"
+        batch.system_attrs["constraints:params"] = -5.0
+    trial.set_user_attr("worker", "w1")
+    trial.report(0.25, 1)
+    trial.report(0.5, 2)
+
+    statements = _count_statements(storage)
+    mine = storage.get_trial(trial._trial_id)
+    assert statements == []  # no round trip for a running trial this process created
+    database = open_storage(storage_url).get_trial(trial._trial_id)
+    for field in ("number", "state", "params", "distributions", "user_attrs", "system_attrs",
+                  "intermediate_values", "datetime_start"):
+        assert getattr(mine, field) == getattr(database, field), field
+    assert mine.params["depth"] == trial.params["depth"]
+
+    # What a caller does to its answer does not change the copy.
+    mine.user_attrs["scribble"] = 1
+    assert "scribble" not in storage.get_trial(trial._trial_id).user_attrs
+
+    # Once finished, the database answers (with the state and value the tell wrote).
+    study.tell(trial, 0.75)
+    statements.clear()
+    done = storage.get_trial(trial._trial_id)
+    assert statements  # read from the database, not from a copy of the running trial
+    assert done.state == TrialState.COMPLETE and done.value == 0.75
+
+
+def test_a_new_trials_batch_deletes_nothing(sqlite_url):
+    """Attributes of a trial created here are known: the batch inserts, it does not delete."""
+    study, storage = _study(sqlite_url)
+    trial = study.ask()
+    statements = _count_statements(storage)
+    with storage.batch(trial) as batch:
+        batch.user_attrs["arch_id"] = "abc"
+        batch.system_attrs["constraints:params"] = 1.0
+    assert "DELETE" not in statements and statements.count("INSERT") == 2
+    # Setting a key the trial has replaces it: the row is deleted first.
+    statements.clear()
+    with storage.batch(trial) as batch:
+        batch.user_attrs["arch_id"] = "def"
+    assert statements.count("DELETE") == 1
+    got = optuna.load_study(study_name="io", storage=open_storage(sqlite_url)).trials[0]
+    assert got.user_attrs == {"arch_id": "def"}
