@@ -24,7 +24,7 @@ from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAIN
 from db import EpochRecord, RunRecord, Store, StoreError
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.optuna_io import BatchingStorage, dashboard_note
+from nas.optuna_io import BatchingStorage, dashboard_note, tell
 from nas.samplers import AskTellGridSampler, CostAwareHalving, make_pruner, make_sampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
 from workers import TrainConfig, dataset_info
@@ -534,7 +534,7 @@ class Search:
                 note = dashboard_note(trial, stage_markdown(spec, cost.params, cost.flops))
                 batch.study_system_attrs.update(note or {})
         if spec is None:
-            self.study.tell(trial, state=TrialState.FAIL)
+            tell(self.study, trial, state=TrialState.FAIL)
             self.counts["failed"] += 1
             return "failed"
         retry_of = trial.user_attrs.get("retry_of")
@@ -549,7 +549,7 @@ class Search:
             # Never trained; told as complete-but-infeasible so a constraint-aware sampler
             # learns to avoid the region.
             values = self._values(0.0, pending, latency=None)
-            self.study.tell(trial, values)
+            tell(self.study, trial, values)
             self.counts["infeasible"] += 1
             self._emit(pending, "infeasible", values=values, reason="constraints")
             return "infeasible"
@@ -674,18 +674,18 @@ class Search:
         self.storage.attrs_at_tell(p.trial, {k: v for k, v in shown.items() if v is not None})
         if state == "complete" and acc is not None and math.isfinite(acc):
             values = self._values(acc, p, result.get("latency_ms"))
-            self.study.tell(p.trial, values)
+            tell(self.study, p.trial, values)
             self.counts["complete"] += 1
             self.known[p.key] = run
             self._update_best_from_run(run)
             self._emit(p, "complete", values=values, run=run)
         elif state == "pruned":
-            self.study.tell(p.trial, state=TrialState.PRUNED)
+            tell(self.study, p.trial, state=TrialState.PRUNED)
             self.counts["pruned"] += 1
             self.known.setdefault(p.key, run)
             self._emit(p, "pruned", run=run)
         else:
-            self.study.tell(p.trial, state=TrialState.FAIL)
+            tell(self.study, p.trial, state=TrialState.FAIL)
             self.counts["failed"] += 1
             self._emit(p, "failed", run=run, reason=run.reason)
         return run
@@ -733,13 +733,13 @@ class Search:
         self.counts["cached"] += 1
         if source.state == "complete":
             values = self._values(source.val_accuracy or 0.0, p, source.latency_ms)
-            self.study.tell(p.trial, values)
+            tell(self.study, p.trial, values)
             self._update_best_from_run(run)
         elif source.state == "pruned":
-            self.study.tell(p.trial, state=TrialState.PRUNED)
+            tell(self.study, p.trial, state=TrialState.PRUNED)
             values = None
         else:
-            self.study.tell(p.trial, state=TrialState.FAIL)
+            tell(self.study, p.trial, state=TrialState.FAIL)
             values = None
         self._emit(p, "cached", values=values, run=run)
 
