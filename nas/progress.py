@@ -51,6 +51,10 @@ class RichProgress(Progress):
                 f"resuming: {info['already']} of {info['target']} trials already in the study"
             )
         self.console.print(f"{info['slots']} trial(s) in flight at a time")
+        if info.get("runners"):
+            self.console.print(f"training on {info['runners']} resident runner(s) (`nas pool up`)")
+        elif info.get("runners_note"):
+            self.console.print(f"[yellow]not using the resident runners:[/] {info['runners_note']}")
         if self.console.is_terminal:
             self.live = Live(self._line(), console=self.console, refresh_per_second=4, transient=True)
             self.live.start()

@@ -91,6 +91,7 @@ class _Pending:
     started: float
     ref: Any = None
     epochs: list[dict[str, Any]] = field(default_factory=list)
+    runner: int | None = None  # the resident runner training it, if any
 
 
 class Progress:
@@ -161,6 +162,8 @@ class Search:
     def __init__(self, config: SearchConfig, *, progress: Progress | None = None) -> None:
         self.config = config
         self.progress = progress or Progress()
+        self.pool: Any = None  # resident runners (nas/pool.py), when the cluster has them
+        self.pool_note: str | None = None  # why the cluster's runners are not used
         # 1. everything a user can get wrong is checked before Ray starts.
         self.space: SearchSpace = _load_space(config.space)
         try:
@@ -323,7 +326,7 @@ class Search:
             self.config.study, self.config.to_record(), host=socket.gethostname(), pid=os.getpid()
         )
         status = "finished"
-        we_started_ray = False
+        we_started_ray = ""
         restore_sigint = self._catch_sigint()
         try:
             accounted = self._recover()
@@ -333,7 +336,14 @@ class Search:
                 slots=self.config.workers,
                 cpus_per_trial=self.config.cpus_per_trial,
             )
-            slots = self._slots(ray)
+            if we_started_ray == "joined":  # a cluster that outlives us may hold warm runners
+                from nas.pool import find_pool
+
+                self.pool, self.pool_note = find_pool(
+                    cpus=self.config.cpus_per_trial, gpus=self.config.gpus_per_trial,
+                    limit=self.config.workers,
+                )
+            slots = len(self.pool) if self.pool else self._slots(ray)
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             # Pin the broker to the driver's node: on another node it would die with that node.
@@ -355,6 +365,8 @@ class Search:
                     "objectives": list(self.config.objectives),
                     "timeout_s": self.config.timeout,
                     "compute_budget_s": (self.config.max_compute_hours or 0) * 3600 or None,
+                    "runners": len(self.pool) if self.pool else 0,
+                    "runners_note": self.pool_note,
                 }
             )
             status = self._loop(ray, accounted, slots, started)
@@ -440,6 +452,9 @@ class Search:
                 done_refs = set(finished)
                 landed = [k for k, p in self.pending.items() if p.ref in done_refs]
                 landed_trials = [self.pending.pop(k) for k in landed]
+                if self.pool is not None:
+                    for p in landed_trials:
+                        self.pool.release(p.runner)
                 # Refill the freed slots first and record afterwards: the store writes and
                 # Optuna tells of a finished trial stay off the workers' critical path.
                 if self._fill(accounted, slots, deadline, budget_s, settling=len(landed_trials)):
@@ -500,8 +515,6 @@ class Search:
 
     # -- one candidate --------------------------------------------------------------------------
     def _propose(self) -> str:
-        from workers.ray_task import submit_trial
-
         trial = self.study.ask()
         # The suggested params, our attributes and the dashboard note: one commit, not a dozen.
         with self.storage.batch(trial) as batch:
@@ -565,12 +578,7 @@ class Search:
         self._seq += 1
         pkey = f"{self.config.study}:{trial.number}:{self._seq}"
         request = {"spec": spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
-        pending.ref = submit_trial(
-            request,
-            broker=self.broker,
-            num_cpus=self.config.cpus_per_trial,
-            num_gpus=self.config.gpus_per_trial,
-        )
+        self._submit(pending, request)
         self.pending[pkey] = pending
         self.inflight_keys[key] = pkey
         return "submitted"
@@ -629,17 +637,25 @@ class Search:
             else:
                 self._resubmit_waiting(ray, w)
 
-    def _resubmit_waiting(self, ray: Any, w: _Pending) -> None:
-        """The run a duplicate was waiting for did not finish: train the duplicate itself."""
-        from workers.ray_task import submit_trial
+    def _submit(self, p: _Pending, request: dict[str, Any]) -> None:
+        """Start training `p`: on a resident runner when the search has a pool, else as a
+        Ray task with its CPU/GPU share."""
+        if self.pool is not None:
+            p.ref, p.runner = self.pool.submit(request, self.broker)
+            return
+        from workers import ray_task  # looked up at call time (bench.controller swaps it)
 
-        self._seq += 1
-        pkey = f"{self.config.study}:{w.trial.number}:{self._seq}"
-        request = {"spec": w.spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
-        w.ref = submit_trial(
+        p.ref = ray_task.submit_trial(
             request, broker=self.broker, num_cpus=self.config.cpus_per_trial,
             num_gpus=self.config.gpus_per_trial,
         )
+
+    def _resubmit_waiting(self, ray: Any, w: _Pending) -> None:
+        """The run a duplicate was waiting for did not finish: train the duplicate itself."""
+        self._seq += 1
+        pkey = f"{self.config.study}:{w.trial.number}:{self._seq}"
+        request = {"spec": w.spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
+        self._submit(w, request)
         self.pending[pkey] = w
         self.inflight_keys[w.key] = pkey
 
@@ -663,7 +679,7 @@ class Search:
             finished=result.get("finished") or time.time(),
             retry_of=p.retry_of,
             search_id=self.search_id,
-            extra={"traceback": result.get("traceback")} if result.get("traceback") else {},
+            extra={k: result[k] for k in ("worker_pid", "traceback") if result.get(k)},
         )
         epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
         run.id = self.store.record_run(
@@ -761,7 +777,12 @@ class Search:
     def _abandon_all(self, ray: Any, reason: str, *, cancel: bool = True) -> None:
         """Ctrl-C or a fatal error: cancel what runs, mark it, queue retries for the next run."""
         for p in list(self.pending.values()):
-            if cancel:
+            if p.runner is not None and self.pool is not None:
+                try:  # an actor's call can't be force-cancelled: restart the runner instead
+                    self.pool.stop(p.runner)
+                except Exception:  # noqa: BLE001 - the runner may be gone already
+                    pass
+            elif cancel:
                 try:
                     ray.cancel(p.ref, force=True)
                 except Exception:  # noqa: BLE001 - the task may be finished or gone already
@@ -847,28 +868,68 @@ def _load_space(name: str) -> SearchSpace:
         raise UserError(str(exc)) from None
 
 
-def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) -> bool:
-    """Join the cluster at `address`, or start a local Ray; False when Ray was already up."""
+def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) -> str:
+    """Join the cluster at `address`, or the Ray cluster already running on this machine
+    (`nas pool up`, `ray start`), or start a local Ray.
+
+    Returns "joined" or "started" (Ray was initialised here and is shut down by the caller),
+    or "" when Ray was already up in this process.
+    """
     import ray
 
     if ray.is_initialized():
-        return False
+        return ""
     kwargs: dict[str, Any] = dict(
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(max(1, int(cpus_per_trial)))}},
     )
+    address = resolve_address(address)
     if address:
         try:
             ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UserError(f"cannot join the Ray cluster at {address}: {first}") from None
-    else:
-        want = int(math.ceil((slots or 0) * cpus_per_trial))
-        ray.init(num_cpus=max(os.cpu_count() or 1, want), **kwargs)
-    return True
+        return "joined"
+    want = int(math.ceil((slots or 0) * cpus_per_trial))
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, want), **kwargs)
+    return "started"
+
+
+def local_cluster() -> str | None:
+    """The address of the Ray cluster `ray start` (or `nas pool up`) recorded on this machine,
+    or RAY_ADDRESS; None when there is none. Unlike Ray's "auto" it never picks up a Ray
+    that some other process started for itself."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        address = canonicalize_bootstrap_address(None)
+    except Exception:  # noqa: BLE001 - another Ray, or a bad record: start our own
+        return None
+    if address is None or os.environ.get("RAY_ADDRESS"):
+        return address
+    # The record outlives a cluster that died without `ray stop`; Ray would retry it for
+    # minutes. Nothing answering on its port means there is no cluster.
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=2.0).close()
+    except (OSError, ValueError):
+        return None
+    return address
+
+
+def resolve_address(address: str | None) -> str | None:
+    """None: the cluster on this machine if one runs, else None (start one). "auto": the
+    cluster on this machine, which must exist. Anything else: as given."""
+    if address not in (None, "auto"):
+        return address
+    found = local_cluster()
+    if found is None and address == "auto":
+        raise UserError("--ray-address auto: no Ray cluster runs on this machine "
+                        "(`nas pool up` starts one; or give the cluster's host:port)")
+    return found
 
 
 def best_trials(

@@ -1,17 +1,29 @@
-"""The Ray edge: `run_trial` as a Ray task, and the broker that carries per-epoch reports back.
+"""The Ray edge: `run_trial` as a Ray task or on a resident runner, and the broker that
+carries per-epoch reports back.
 
 Only plain data crosses this boundary: request dicts in, result dicts out. The broker holds no
 database handle and no Optuna object; the orchestrator drains its reports, decides "stop" or
 "continue", and posts the decision back, so workers never need database credentials.
+
+Resident runners (`nas pool up`) are detached actors in the Ray namespace `resnas` that have
+imported torch and Lightning once and train trial after trial, for every search that joins
+the cluster. A fresh Ray worker spends about 5 s on those imports on this project's 2-core
+machine (bench/README.md), which is most of what a short search loses to start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import os
+from pathlib import Path
 from typing import Any
 
 import ray
+
+POOL_NAMESPACE = "resnas"
+RUNNER_PREFIX = "resnas-runner-"
 
 # How long a worker waits for the owner's pruning decision before it carries on training.
 # The owner answers within milliseconds; this only matters if the owner is gone.
@@ -85,7 +97,7 @@ def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, An
     data = result.to_dict()
     data["weights"] = result.weights
     data["node_id"] = ray.get_runtime_context().get_node_id()
-    data["pid"] = os.getpid()
+    data["worker_pid"] = os.getpid()  # which process trained it (a resident runner's pid)
     return data
 
 
@@ -111,3 +123,70 @@ def submit_trial(
         max_retries=0,
         retry_exceptions=False,
     ).remote(request, broker, threads)
+
+
+@functools.cache
+def code_version() -> str:
+    """A digest of the code a runner executes (the `workers` and `search_spaces` packages).
+
+    A resident runner keeps the code it started with; the orchestrator uses it only while this
+    digest matches its own, so a search never trains with code older than the one it runs.
+    """
+    digest = hashlib.sha256()
+    for package in ("workers", "search_spaces"):
+        root = Path(__file__).resolve().parent.parent / package
+        for path in sorted(root.rglob("*")):
+            if path.suffix in (".py", ".yaml", ".yml") and "__pycache__" not in path.parts:
+                digest.update(str(path.relative_to(root.parent)).encode())
+                digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class TrialRunner:
+    """A resident worker: imports the trainer once, then runs one trial per `run` call.
+
+    Ray restarts it if its process dies (a trial that ran out of memory, a kill): the restart
+    pays the imports again, the runner's name and resources stay.
+    """
+
+    def __init__(self, num_cpus: float, num_gpus: float) -> None:
+        import torch
+
+        import workers.trial  # noqa: F401 - the import is the warm-up
+
+        self._threads = max(1, int(num_cpus)) if num_cpus else 1
+        self._resources = (float(num_cpus), float(num_gpus))
+        torch.set_num_threads(self._threads)
+
+    def info(self) -> dict[str, Any]:
+        """What the orchestrator checks before it hands this runner trials."""
+        return {"version": code_version(), "pid": os.getpid(), "threads": self._threads,
+                "cpus": self._resources[0], "gpus": self._resources[1],
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    def run(self, request: dict[str, Any], broker: Any) -> dict[str, Any]:
+        return _execute(request, broker, self._threads)
+
+
+def runner_names() -> list[str]:
+    """Names of the resident runners on the connected cluster, in order."""
+    names = [
+        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+        if a.get("namespace") == POOL_NAMESPACE and a["name"].startswith(RUNNER_PREFIX)
+    ]
+    return sorted(names, key=lambda n: int(n[len(RUNNER_PREFIX):]) if n[len(RUNNER_PREFIX):].isdigit() else 1 << 30)
+
+
+def runner(name: str) -> Any:
+    return ray.get_actor(name, namespace=POOL_NAMESPACE)
+
+
+def start_runner(index: int, *, num_cpus: float, num_gpus: float) -> Any:
+    """Create (or find) resident runner `index`; it lives until `nas pool down` or `ray stop`."""
+    threads = max(1, int(num_cpus)) if num_cpus else 1
+    return TrialRunner.options(
+        name=f"{RUNNER_PREFIX}{index}", namespace=POOL_NAMESPACE, lifetime="detached",
+        get_if_exists=True, num_cpus=num_cpus, num_gpus=num_gpus,
+        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+    ).remote(num_cpus, num_gpus)

@@ -1,0 +1,119 @@
+"""Resident runners (`nas pool`): warm trial workers that outlive a search.
+
+The end-to-end test starts a real Ray cluster on this machine with `nas pool up`, runs two
+real searches on it in their own processes, and checks that both trained on the same two
+runner processes (no fresh worker, so no second import of torch and Lightning).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from db import Store
+from nas.pool import Pool, usable
+
+NAS = [sys.executable, "-m", "nas"]
+V = "abc123"
+
+
+def _info(version=V, cpus=1.0, gpus=0.0, pid=1):
+    return {"version": version, "cpus": cpus, "gpus": gpus, "pid": pid, "threads": 1}
+
+
+def test_usable_runners_run_the_same_code_with_the_same_resources():
+    infos = [_info(), _info(version="old"), None, _info(cpus=2.0)]
+    assert usable(infos, version=V, cpus=1, gpus=0) == ([0], None)
+    assert usable([], version=V, cpus=1, gpus=0) == ([], None)  # no pool: nothing to say
+
+    good, why = usable([_info(version="old")], version=V, cpus=1, gpus=0)
+    assert good == [] and "other code" in why and "nas pool up" in why
+    good, why = usable([_info(cpus=2.0)], version=V, cpus=1, gpus=0)
+    assert good == [] and "2 CPU/0 GPU" in why and "1 CPU/0 GPU" in why
+    good, why = usable([None], version=V, cpus=1, gpus=0)
+    assert good == [] and "answered" in why
+
+
+class _Handle:
+    def __init__(self):
+        self.calls = []
+        self.run = self
+
+    def remote(self, request, broker):
+        self.calls.append(request["key"])
+        return f"ref-{request['key']}"
+
+
+def test_pool_hands_each_trial_to_the_least_busy_runner():
+    pool = Pool([_Handle(), _Handle()], [_info(), _info()])
+    assert pool.submit({"key": "a"}, None) == ("ref-a", 0)
+    assert pool.submit({"key": "b"}, None) == ("ref-b", 1)
+    # Both busy: a resubmitted duplicate queues on one of them rather than failing.
+    assert pool.submit({"key": "c"}, None)[1] == 0
+    assert pool.load == [2, 1]
+    pool.release(1)
+    pool.release(1)  # releasing more than was handed out never goes below zero
+    assert pool.load == [2, 0]
+    assert pool.submit({"key": "d"}, None)[1] == 1
+
+
+def _nas(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([*NAS, *args], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.mark.timeout(900)
+def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
+    # A Ray of its own: its temp dir keeps it apart from the session's local Ray and from
+    # any cluster a person has running on this machine (short: Ray's socket paths).
+    ray_dir = tempfile.mkdtemp(prefix="rp", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_dir, "PYTHONWARNINGS": "ignore"}
+    env.pop("RAY_ADDRESS", None)
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    try:
+        up = _nas("pool", "up", "--slots", "2", env=env)
+        assert up.returncode == 0, up.stderr[-2000:]
+        assert "2 runner(s) ready" in up.stdout
+
+        status = _nas("pool", "status", env=env)
+        assert status.returncode == 0, status.stderr[-2000:]
+        pids = {int(line.split()[1]) for line in status.stdout.splitlines()
+                if line.strip().startswith("resnas-runner-")}
+        assert len(pids) == 2
+
+        for study in ("warm1", "warm2"):
+            done = _nas("search", "--study", study, "--storage", url, "--trials", "3",
+                        "--epochs", "1", "--seed", "0", env=env)
+            assert done.returncode == 0, done.stderr[-2000:]
+            assert "training on 2 resident runner(s)" in done.stdout
+
+        runs = Store(url).runs("warm1") + Store(url).runs("warm2")
+        trained = [r for r in runs if r.cached_from is None]
+        assert trained and {r.extra["worker_pid"] for r in trained} <= pids
+
+        # The runners answer again with the pids they had: no restart, no fresh process.
+        again = _nas("pool", "status", env=env)
+        assert {int(line.split()[1]) for line in again.stdout.splitlines()
+                if line.strip().startswith("resnas-runner-")} == pids
+
+        # A search that asks for other resources than the runners hold gets a clear error
+        # (the runners hold every CPU, so its trials could never start) and exit code 2.
+        other = _nas("search", "--study", "other", "--storage", url, "--trials", "1",
+                     "--epochs", "1", "--cpus-per-trial", "2", env=env)
+        assert other.returncode == 2
+        assert "resident runner" in other.stderr and "Traceback" not in other.stderr
+    finally:
+        down = _nas("pool", "down", "--stop-ray", env=env, timeout=120)
+    assert down.returncode == 0 and "stopped 2 runner(s); stopped the Ray cluster" in down.stdout
+    # Only that cluster: the test session's own Ray still runs tasks.
+    assert ray_local.get(ray_local.remote(lambda: 41 + 1).remote()) == 42
+    # After `down` nothing is left to join.
+    gone = _nas("pool", "status", env=env, timeout=120)
+    assert gone.returncode == 2 and "no Ray cluster runs on this machine" in gone.stderr
+    shutil.rmtree(ray_dir, ignore_errors=True)
