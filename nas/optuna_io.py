@@ -80,7 +80,11 @@ class BatchingStorage(_CachedStorage):
         trial_id = super().create_new_trial(study_id, template_trial)
         with self._lock:
             study_id, number = self._trial_id_to_study_id_and_number[trial_id]
-            self._own[trial_id] = copy.deepcopy(self._studies[study_id].trials[number])
+            created = self._studies[study_id].trials[number]
+            # Only a trial that starts running here is ours; an enqueued (WAITING) one may be
+            # taken by any process, and then the database answers for it.
+            if created.state == optuna.trial.TrialState.RUNNING:
+                self._own[trial_id] = copy.deepcopy(created)
         return trial_id
 
     def get_trial(self, trial_id: int) -> optuna.trial.FrozenTrial:
@@ -124,10 +128,9 @@ class BatchingStorage(_CachedStorage):
             attrs = self._at_tell.pop(trial_id, None)
             own = self._own_trial(trial_id)
             known = None if own is None else set(own.user_attrs)
-            # Whatever happens below, the copy is done: the trial finishes, or the database
-            # says it can't (finished elsewhere), and from now on the database answers.
-            if state.is_finished():
-                self._own.pop(trial_id, None)
+            # Whatever happens below, the copy is done: the trial changes state, or the
+            # database says it can't (finished elsewhere); from now on the database answers.
+            self._own.pop(trial_id, None)
         if not attrs:
             return super().set_trial_state_values(trial_id, state, values)
         if models is None:  # pragma: no cover - public calls, one commit each

@@ -179,3 +179,16 @@ def test_a_new_trials_batch_deletes_nothing(sqlite_url):
     assert statements.count("DELETE") == 1
     got = optuna.load_study(study_name="io", storage=open_storage(sqlite_url)).trials[0]
     assert got.user_attrs == {"arch_id": "def"}
+
+
+def test_enqueued_trials_are_read_from_the_database(sqlite_url):
+    """A WAITING trial is not this process's until it pops it; its state comes from the DB."""
+    study, storage = _study(sqlite_url)
+    study.enqueue_trial({"depth": 3})
+    trial = study.ask()
+    assert trial._trial_id not in storage._own
+    assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
+    with storage.batch(trial):
+        assert trial.suggest_int("depth", 1, 8) == 3
+    study.tell(trial, 0.5)
+    assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
