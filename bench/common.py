@@ -214,6 +214,7 @@ def start_ray(num_cpus: int = 2) -> float:
         ray.shutdown()
     t0 = time.perf_counter()
     ray.init(
+        address="local",  # never a cluster running on this machine (`nas pool up`)
         num_cpus=num_cpus,
         include_dashboard=False,
         log_to_driver=False,
@@ -230,6 +231,29 @@ def start_ray(num_cpus: int = 2) -> float:
         },
     )
     return time.perf_counter() - t0
+
+
+def start_pool(slots: int = 2) -> tuple[float, str, bool]:
+    """Warm resident runners (`nas pool up`) on the Ray cluster of this machine, started here
+    if there is none, with this process joined to it. Returns (seconds it took, never in a
+    timing; the cluster's address; whether it was started here)."""
+    from nas import pool
+    from nas.search import local_cluster
+
+    stop_ray()
+    started = local_cluster() is None
+    t0 = time.perf_counter()
+    address = pool.connect(None, start=True)
+    pool.up(slots=slots, cpus=1.0, gpus=0.0)
+    return time.perf_counter() - t0, address, started
+
+
+def stop_pool(address: str, started: bool) -> None:
+    """Stop the runners, and the cluster if `start_pool` started it."""
+    from nas import pool
+
+    pool.down(stop_ray=started, address=address)
+    stop_ray()
 
 
 def stop_ray() -> None:

@@ -336,7 +336,7 @@ class Search:
                 slots=self.config.workers,
                 cpus_per_trial=self.config.cpus_per_trial,
             )
-            if we_started_ray == "joined":  # a cluster that outlives us may hold warm runners
+            if we_started_ray != "started":  # a cluster that outlives us may hold warm runners
                 from nas.pool import find_pool
 
                 self.pool, self.pool_note = find_pool(

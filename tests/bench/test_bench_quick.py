@@ -58,15 +58,17 @@ def test_overhead_and_scaling_smoke(results):
 
     overhead.main(["--smoke"])
     d = _load(results, "overhead")
-    for tool in ("resnas", "ray_tune"):
+    for tool in ("resnas", "ray_tune", "resnas_pool"):
         assert d[tool]["trials"] == overhead.SMOKE_TRIALS
         assert 0 < d[tool]["utilisation"] <= 1.05
     assert d["resnas"]["trained_archs"] == sorted(d["ray_tune"]["trained_archs"])
+    assert d["resnas_pool"]["trained_archs"] == d["resnas"]["trained_archs"]
     scaling.main(["--smoke"])
     s = _load(results, "scaling")
     assert s["workers_1"]["trials_per_hour"] > 0 and s["speedup_2_over_1"] > 0
-    for w in ("workers_1", "workers_2"):
+    for w in ("workers_1", "workers_2", "pool_workers_1", "pool_workers_2"):
         assert 0 < s[w]["utilisation"] <= 1.05
+    assert s["speedup_resident_runners"] > 0
 
 
 @pytest.mark.slow
