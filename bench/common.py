@@ -233,6 +233,9 @@ def start_ray(num_cpus: int = 2) -> float:
     return time.perf_counter() - t0
 
 
+os.environ.setdefault("RAY_AUTH_MODE", "token")  # as `nas` does (nas.search.token_auth)
+
+
 def start_pool(slots: int = 2) -> tuple[float, str, bool]:
     """Warm resident runners (`nas pool up`) on the Ray cluster of this machine, started here
     if there is none, with this process joined to it. Returns (seconds it took, never in a

@@ -72,6 +72,12 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
                          f"(Tune {_f(t['startup_s'], '{:.1f}')} s); utilisation from then on resnas "
                          f"{_f(r['utilisation_busy_window'])} vs Ray Tune "
                          f"{_f(t['utilisation_busy_window'])}", "", ""))
+        if p := d.get("resnas_pool"):
+            rows.append(("overhead on resident runners (`nas pool up`, not timed)",
+                         f"utilisation resnas {_f(p['utilisation'])}; first trial after "
+                         f"{_f(p['startup_s'], '{:.1f}')} s; wall Tune/resnas "
+                         f"{_f(t['wall_s'] / p['wall_s'])}x", "resnas >= 0.95",
+                         _goal(d["goals"]["resnas_pool_utilisation_ge_0.95"])))
     if d := _load("controller"):
         for backend, s in d["summary"].items():
             rows.append((f"controller, {backend} ({d['mode']}: {', '.join(map(str, d['sizes']))} trials)",
@@ -92,6 +98,10 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             rows.append(("scaling: after start-up", f"2 workers / 1 worker = "
                          f"{_f(d['speedup_busy_window'])}x trials/hour from the first trial's start",
                          "", ""))
+        if "speedup_resident_runners" in d:
+            rows.append(("scaling on resident runners (`nas pool up`, not timed)",
+                         f"2 runners / 1 runner = {_f(d['speedup_resident_runners'])}x trials/hour",
+                         ">= 1.9x", _goal(d["goals"]["speedup_resident_runners_ge_1.9"])))
         for L, c in (d.get("max_cluster") or {}).items():
             rows.append(("scaling: one controller", f"{_f(d['controller_trials_per_s'], '{:.1f}')} trials/s "
                          f"x {L} s trials = {c['max_busy_workers']} busy workers at most", "", ""))

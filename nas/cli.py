@@ -460,7 +460,8 @@ def pool_up(
     rows = pool.up(slots=slots, cpus=cpus_per_trial, gpus=gpus_per_trial)
     console.print(f"Ray cluster at {how}; {len(rows)} runner(s) ready")
     _print_runners(rows)
-    console.print("search on them with: nas search --ray-address auto ...")
+    console.print(f"`nas search` on this machine now trains on them; from another node of the "
+                  f"cluster: nas search --ray-address {how} ...", highlight=False)
 
 
 @pool_app.command("status")
@@ -512,6 +513,9 @@ def quiet_optuna() -> None:
 
 
 def main() -> None:
+    from nas.search import token_auth
+
+    token_auth()  # before anything imports Ray (it reads the auth mode at import)
     try:
         app()
     except KeyboardInterrupt:

@@ -140,9 +140,10 @@ def connect(address: str | None, *, start: bool) -> str:
     """Join the Ray cluster at `address` (None or 'auto': the one `ray start`/`nas pool up`
     recorded on this machine); with `start`, start that one first if there is none.
     Returns the address joined."""
-    import ray
+    from nas.search import local_cluster, token_auth
 
-    from nas.search import local_cluster
+    token_auth()  # before Ray is imported (it reads the mode then); `ray start` inherits it
+    import ray
 
     kwargs = dict(log_to_driver=False, configure_logging=False)
     target = local_cluster() if address in (None, "auto") else address

@@ -875,6 +875,7 @@ def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) 
     Returns "joined" or "started" (Ray was initialised here and is shut down by the caller),
     or "" when Ray was already up in this process.
     """
+    token_auth()  # before Ray is imported: it reads the mode then
     import ray
 
     if ray.is_initialized():
@@ -896,6 +897,14 @@ def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) 
     want = int(math.ceil((slots or 0) * cpus_per_trial))
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, want), **kwargs)
     return "started"
+
+
+def token_auth() -> None:
+    """Ray's token authentication unless RAY_AUTH_MODE says otherwise. A driver that joins a
+    cluster started with it (`nas pool up`, the compose stack, docs/cluster.md) must send the
+    token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), and Ray reads the mode
+    when it is first imported: call this before that. A local Ray turns it on by itself."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def local_cluster() -> str | None:

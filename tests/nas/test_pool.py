@@ -72,9 +72,11 @@ def _nas(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedPro
 def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
     # A Ray of its own: its temp dir keeps it apart from the session's local Ray and from
     # any cluster a person has running on this machine (short: Ray's socket paths).
+    # No RAY_* from this process (its Ray set RAY_AUTH_MODE): `nas` must set up the token
+    # authentication the cluster uses by itself, as in a user's fresh shell.
     ray_dir = tempfile.mkdtemp(prefix="rp", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_dir, "PYTHONWARNINGS": "ignore"}
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(RAY_TMPDIR=ray_dir, PYTHONWARNINGS="ignore")
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     try:
         up = _nas("pool", "up", "--slots", "2", env=env)
