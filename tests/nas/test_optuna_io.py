@@ -33,16 +33,19 @@ def _suggest(trial: optuna.trial.Trial) -> None:
     trial.suggest_float("lr", 1e-3, 1.0, log=True)
 
 
-def test_batch_writes_params_and_attrs_in_one_commit(storage_url):
-    study, storage = _study(storage_url)
-    # The first trial teaches the process the study's distributions; the batched path is for
-    # the trials after it.
+def _second_trial(url: str) -> tuple[optuna.Study, BatchingStorage, optuna.trial.Trial]:
+    """A study with one finished trial, and the next trial asked. The first trial teaches
+    the process the study's distributions; the batched path is for the trials after it."""
+    study, storage = _study(url)
     first = study.ask()
     with storage.batch(first):
         _suggest(first)
     study.tell(first, 0.5)
+    return study, storage, study.ask()
 
-    trial = study.ask()
+
+def test_batch_writes_params_and_attrs_in_one_commit(storage_url):
+    study, storage, trial = _second_trial(storage_url)
     commits = _count_commits(storage)
     with storage.batch(trial) as batch:
         _suggest(trial)
@@ -127,13 +130,7 @@ def _count_statements(storage: BatchingStorage) -> list[str]:
 
 
 def test_running_trials_are_read_from_the_copy_and_match_the_database(storage_url):
-    study, storage = _study(storage_url)
-    first = study.ask()
-    with storage.batch(first):
-        _suggest(first)
-    study.tell(first, 0.5)
-
-    trial = study.ask()
+    study, storage, trial = _second_trial(storage_url)
     with storage.batch(trial) as batch:
         _suggest(trial)
         batch.user_attrs["arch_id"] = "abc"
