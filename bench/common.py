@@ -233,7 +233,8 @@ def start_ray(num_cpus: int = 2) -> float:
     return time.perf_counter() - t0
 
 
-os.environ.setdefault("RAY_AUTH_MODE", "token")  # as `nas` does (nas.search.token_auth)
+if "ray" not in sys.modules:  # as `nas` does (nas.search.token_auth): only before Ray's import
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def start_pool(slots: int = 2) -> tuple[float, str, bool]:

@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -903,8 +904,12 @@ def token_auth() -> None:
     """Ray's token authentication unless RAY_AUTH_MODE says otherwise. A driver that joins a
     cluster started with it (`nas pool up`, the compose stack, docs/cluster.md) must send the
     token (~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH), and Ray reads the mode
-    when it is first imported: call this before that. A local Ray turns it on by itself."""
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    when it is first imported: call this before that. Once Ray is imported this does
+    nothing: a mode set after the import reaches the Ray processes a local `ray.init` starts
+    but not this process's client, and then nothing can connect. A local Ray turns token
+    authentication on by itself."""
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def local_cluster() -> str | None:
