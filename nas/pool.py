@@ -111,7 +111,9 @@ def find_pool(*, cpus: float, gpus: float, limit: int | None) -> tuple[Pool | No
     good, why = usable([info for _, _, info in found], version=code_version(), cpus=cpus,
                        gpus=gpus)
     if not good:
-        free = ray_free()
+        import ray
+
+        free = ray.available_resources()
         if free.get("CPU", 0.0) < cpus or free.get("GPU", 0.0) < gpus:
             raise UserError(
                 f"not using the cluster's {len(found)} resident runner(s): {why}; they hold the "
@@ -122,12 +124,6 @@ def find_pool(*, cpus: float, gpus: float, limit: int | None) -> tuple[Pool | No
         return None, why
     good = good[:limit] if limit else good
     return Pool([found[i][1] for i in good], [found[i][2] for i in good]), None
-
-
-def ray_free() -> dict[str, float]:
-    import ray
-
-    return ray.available_resources()
 
 
 # -- the CLI's side ----------------------------------------------------------------------------
