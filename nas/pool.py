@@ -3,8 +3,8 @@
 A search that starts its own Ray pays, in every fresh worker process, the import of torch and
 Lightning (about 5 s per worker on this project's 2-core machine) before its first trial.
 `nas pool up` starts a Ray cluster on this machine (or joins one) and leaves one warm
-`TrialRunner` per trial slot in it; `nas search --ray-address auto` then trains on those
-runners, so the imports are paid once per pool instead of once per search.
+`TrialRunner` per trial slot in it; `nas search` on this machine (or with `--ray-address`
+from another node) then trains on those runners, so the imports are paid once per pool instead of once per search.
 
 A search uses only runners that run the same code as itself (`code_version`) and hold the
 CPUs and GPUs per trial it asks for; with none it falls back to Ray tasks and says why.
@@ -31,7 +31,6 @@ class Pool:
     """The runners one search trains on, and how many trials each has been handed."""
 
     handles: list[Any]
-    infos: list[dict[str, Any]]
     load: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -79,14 +78,16 @@ def runners(timeout_s: float = INFO_TIMEOUT_S) -> list[tuple[str, Any, dict[str,
     return [(name, h, infos[name]) for name, h in handles]
 
 
+def _fits(info: dict[str, Any] | None, version: str, cpus: float, gpus: float) -> bool:
+    """The runner answered, runs this code and holds these resources per trial."""
+    return (info is not None and info["version"] == version
+            and float(info["cpus"]) == float(cpus) and float(info["gpus"]) == float(gpus))
+
+
 def usable(infos: list[dict[str, Any] | None], *, version: str, cpus: float, gpus: float
            ) -> tuple[list[int], str | None]:
     """Indexes of the runners a search with these resources can use, and why not, if none."""
-    good = [
-        i for i, info in enumerate(infos)
-        if info is not None and info["version"] == version
-        and float(info["cpus"]) == float(cpus) and float(info["gpus"]) == float(gpus)
-    ]
+    good = [i for i, info in enumerate(infos) if _fits(info, version, cpus, gpus)]
     if good or not infos:
         return good, None
     answered = [i for i in infos if i is not None]
@@ -123,7 +124,7 @@ def find_pool(*, cpus: float, gpus: float, limit: int | None) -> tuple[Pool | No
             )
         return None, why
     good = good[:limit] if limit else good
-    return Pool([found[i][1] for i in good], [found[i][2] for i in good]), None
+    return Pool([found[i][1] for i in good]), None
 
 
 # -- the CLI's side ----------------------------------------------------------------------------
@@ -184,9 +185,7 @@ def up(*, slots: int | None, cpus: float, gpus: float) -> list[dict[str, Any]]:
     keep = set()
     for name, handle, info in runners():
         index = name[len(RUNNER_PREFIX):]
-        right = (info is not None and info["version"] == version and float(info["cpus"]) == cpus
-                 and float(info["gpus"]) == gpus)
-        if right and index.isdigit() and int(index) < slots:
+        if _fits(info, version, cpus, gpus) and index.isdigit() and int(index) < slots:
             keep.add(int(index))
         else:
             ray.kill(handle, no_restart=True)

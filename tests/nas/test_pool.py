@@ -51,7 +51,7 @@ class _Handle:
 
 
 def test_pool_hands_each_trial_to_the_least_busy_runner():
-    pool = Pool([_Handle(), _Handle()], [_info(), _info()])
+    pool = Pool([_Handle(), _Handle()])
     assert pool.submit({"key": "a"}, None) == ("ref-a", 0)
     assert pool.submit({"key": "b"}, None) == ("ref-b", 1)
     # Both busy: a resubmitted duplicate queues on one of them rather than failing.
