@@ -137,7 +137,7 @@ def connect(address: str | None, *, start: bool) -> str:
     """Join the Ray cluster at `address` (None or 'auto': the one `ray start`/`nas pool up`
     recorded on this machine); with `start`, start that one first if there is none.
     Returns the address joined."""
-    from nas.search import local_cluster, token_auth
+    from nas.search import ensure_auth_token, local_cluster, token_auth
 
     token_auth()  # before Ray is imported (it reads the mode then); `ray start` inherits it
     import ray
@@ -147,6 +147,7 @@ def connect(address: str | None, *, start: bool) -> str:
     if target is None:
         if not start:
             raise UserError("no Ray cluster runs on this machine (start one with `nas pool up`)")
+        ensure_auth_token()
         cmd = [_ray_cli(), "start", "--head", "--port=0", "--node-ip-address=127.0.0.1",
                "--include-dashboard=false", "--disable-usage-stats"]
         done = subprocess.run(cmd, capture_output=True, text=True)

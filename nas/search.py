@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -17,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -896,6 +898,7 @@ def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) 
             raise UserError(f"cannot join the Ray cluster at {address}: {first}") from None
         return "joined"
     want = int(math.ceil((slots or 0) * cpus_per_trial))
+    ensure_auth_token()
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, want), **kwargs)
     return "started"
 
@@ -910,6 +913,31 @@ def token_auth() -> None:
     authentication on by itself."""
     if "ray" not in sys.modules:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def ensure_auth_token() -> None:
+    """Create ~/.ray/auth_token, readable by its owner only, when token authentication is on
+    and the person has given no token.
+
+    `ray start` (`nas pool up`) fails on a machine that never ran Ray: it needs a token and
+    makes none. `ray.init()` makes one, readable by every local user, who could then run code
+    on the cluster. The token is what Ray itself would generate (256 random bits) and is
+    never printed.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return  # the person chose the token; Ray reports it if it is missing
+    path = Path.home() / ".ray" / "auth_token"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise UserError(f"cannot create Ray's auth token {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
 
 
 def local_cluster() -> str | None:

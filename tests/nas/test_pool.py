@@ -76,12 +76,18 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
     # authentication the cluster uses by itself, as in a user's fresh shell.
     ray_dir = tempfile.mkdtemp(prefix="rp", dir="/tmp")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(RAY_TMPDIR=ray_dir, PYTHONWARNINGS="ignore")
+    # A home without ~/.ray: a machine that never ran Ray has no auth token yet.
+    home = tmp_path / "home"
+    home.mkdir()
+    env.update(RAY_TMPDIR=ray_dir, PYTHONWARNINGS="ignore", HOME=str(home))
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     try:
         up = _nas("pool", "up", "--slots", "2", env=env)
         assert up.returncode == 0, up.stderr[-2000:]
         assert "2 runner(s) ready" in up.stdout
+        token = home / ".ray" / "auth_token"
+        assert token.stat().st_mode & 0o777 == 0o600
+        assert token.read_text().strip() not in up.stdout + up.stderr
 
         status = _nas("pool", "status", env=env)
         assert status.returncode == 0, status.stderr[-2000:]
@@ -119,3 +125,31 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
     gone = _nas("pool", "status", env=env, timeout=120)
     assert gone.returncode == 2 and "no Ray cluster runs on this machine" in gone.stderr
     shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_the_ray_auth_token_is_made_once_and_only_its_owner_reads_it(tmp_path, monkeypatch):
+    from nas.search import ensure_auth_token
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ensure_auth_token()
+    assert not token.exists()
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    ensure_auth_token()
+    first = token.read_text()
+    assert len(first) == 64 and int(first, 16) >= 0
+    assert token.stat().st_mode & 0o777 == 0o600
+    ensure_auth_token()  # an existing token is the cluster's: never replaced
+    assert token.read_text() == first
+
+    # A token the person named is theirs to provide.
+    other = tmp_path / "elsewhere"
+    monkeypatch.setenv("HOME", str(other))
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "mine"))
+    ensure_auth_token()
+    assert not (other / ".ray").exists()
