@@ -79,6 +79,7 @@ def search(
     space: Annotated[str | None, typer.Option(help="Preset name (see `nas spaces`) or a YAML file.  [default: resnet]")] = None,
     trials: Annotated[int | None, typer.Option(help="Trials the study should hold in total.  [default: 20]")] = None,
     workers: Annotated[int | None, typer.Option(help="Trials in flight at once.  [default: CPU slots]")] = None,
+    prefetch: Annotated[int | None, typer.Option(help="Trials queued behind each busy worker, so it starts the next at once.  [default: 1 while trials take under 20 s, else 0]")] = None,
     epochs: Annotated[int | None, typer.Option(help="Training epochs per trial (the fidelity).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (e.g. 10.0.0.5:6379) instead of starting a local one.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sampler, for reproducible proposals.")] = None,
@@ -106,6 +107,7 @@ def search(
     file_values = load_config_file(config_file) if config_file else {}
     flags = {
         "study": study, "storage": storage, "space": space, "trials": trials, "workers": workers,
+        "prefetch": prefetch,
         "ray_address": ray_address, "seed": seed, "sampler": sampler, "pruner": pruner,
         "objectives": objectives, "timeout": timeout, "max_compute_hours": max_compute_hours,
         "max_params": max_params, "max_flops": max_flops, "max_retries": max_retries,

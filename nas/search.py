@@ -31,6 +31,7 @@ from nas.optuna_io import BatchingStorage, dashboard_note, tell
 from nas.samplers import AskTellGridSampler, CostAwareHalving, make_pruner, make_sampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
 from workers import TrainConfig, dataset_info
+from workers.results import NOT_STARTED
 
 TrialState = optuna.trial.TrialState
 OBJECTIVE_DIRECTIONS = {
@@ -43,6 +44,12 @@ OBJECTIVE_DIRECTIONS = {
 MAX_CONSECUTIVE_INFEASIBLE = 200
 # A search whose heartbeat is older than this many heartbeat intervals is taken as dead.
 STALE_HEARTBEATS = 3
+# Queue a trial behind each busy worker (`prefetch` auto) while this run's trials take less
+# than this many seconds: the worker then starts its next trial without waiting for the
+# driver to record the last one and ask for another (~30-50 ms a trial on a 2-core machine,
+# bench/README.md). Longer trials gain nothing from it and the sampler would see less.
+PREFETCH_BELOW_S = 20.0
+NOT_STARTED_REASON = "not_started: the search stopped before this queued trial began"
 
 
 @dataclass
@@ -50,7 +57,7 @@ class TrialEvent:
     """What the progress display and `--json` see of one finished trial."""
 
     number: int
-    state: str  # complete | pruned | failed | cached | infeasible
+    state: str  # complete | pruned | failed | cached | infeasible | not_started
     arch_id: str
     summary: str
     values: list[float] | None = None
@@ -95,6 +102,7 @@ class _Pending:
     ref: Any = None
     epochs: list[dict[str, Any]] = field(default_factory=list)
     runner: int | None = None  # the resident runner training it, if any
+    queued: bool = False  # waits behind a busy worker and can be revoked until it starts
 
 
 class Progress:
@@ -183,7 +191,7 @@ class Search:
             "max_params": config.max_params or self.space.constraints.get("max_params"),
             "max_flops": config.max_flops or self.space.constraints.get("max_flops"),
         }
-        self.enqueue_specs = [
+        self.enqueue_specs = [  # enqueued into the study one at a time, as they are asked for
             resolve_architecture(
                 ref, in_channels=self.data.in_channels, num_classes=self.data.num_classes
             )
@@ -215,6 +223,11 @@ class Search:
         self.saved_archs: set[str] = set()  # architectures written to the store by this run
         self.best: dict[str, Any] | None = None
         self._seq = 0
+        self._to_enqueue: list[dict[str, Any]] = []
+        self.slots = 1
+        self._durations: list[float] = []  # seconds of this run's trained trials
+        self._revoked: set[str] = set()
+        self._may_queue = False
 
     # -- set-up -------------------------------------------------------------------------------
     def _open_study(self) -> optuna.Study:
@@ -285,6 +298,8 @@ class Search:
                 continue
             if t.user_attrs.get("retried") or t.user_attrs.get("infeasible"):
                 continue
+            if t.user_attrs.get("reason") == NOT_STARTED_REASON:
+                continue
             accounted += 1
         for run in self.store.runs(self.config.study):
             if run.state in ("complete", "pruned") and run.cached_from is None:
@@ -346,7 +361,10 @@ class Search:
                     cpus=self.config.cpus_per_trial, gpus=self.config.gpus_per_trial,
                     limit=self.config.workers,
                 )
-            slots = len(self.pool) if self.pool else self._slots(ray)
+            slots = self.slots = len(self.pool) if self.pool else self._slots(ray)
+            # Only a runner trains one trial at a time. A Ray task hands its CPU back while
+            # it waits on the broker (each epoch), and Ray starts a queued task beside it.
+            self._may_queue = self.pool is not None
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
             # Pin the broker to the driver's node: on another node it would die with that node.
@@ -415,6 +433,12 @@ class Search:
         return by_cpu
 
     def _enqueue_requested(self) -> None:
+        """Check every --enqueue architecture now; put them into the study as they are asked
+        for (`_propose`). Enqueueing all up front cost ~10 ms each before the first trial
+        could start (`skip_if_exists` reads the whole study every time), and a waiting queue
+        makes every `ask` slower. Those the study already holds are skipped, as Optuna's
+        `skip_if_exists` does, with one read."""
+        wanted = []
         for spec in self.enqueue_specs:
             params = self.space.params_for(spec)
             if params is None:
@@ -422,7 +446,15 @@ class Search:
                     f"--enqueue {spec.name or spec.arch_id}: this architecture is not in the space "
                     f"`{self.space.name}` (it cannot be expressed with its choices)"
                 )
-            self.study.enqueue_trial(params, skip_if_exists=True)
+            wanted.append(params)
+        if not wanted:
+            return
+        held = [t.system_attrs.get("fixed_params", t.params)
+                for t in self.study.get_trials(deepcopy=False)]
+        for params in wanted:
+            if params not in held:
+                held.append(params)
+                self._to_enqueue.append(params)
 
     def _loop(self, ray: Any, accounted: int, slots: int, started: float) -> str:
         cfg = self.config
@@ -437,6 +469,7 @@ class Search:
                 raise KeyboardInterrupt
             if self._fill(accounted, slots, deadline, budget_s):
                 status = "budget"
+                self._revoke_queued(ray)
             if not self.pending and not self.waiting:
                 break
             if time.time() >= next_beat:
@@ -462,6 +495,7 @@ class Search:
                 # Optuna tells of a finished trial stay off the workers' critical path.
                 if self._fill(accounted, slots, deadline, budget_s, settling=len(landed_trials)):
                     status = "budget"
+                    self._revoke_queued(ray)
                 for p in landed_trials:
                     self._finish(ray, p)
         if self.pending:  # pragma: no cover - defensive
@@ -478,9 +512,13 @@ class Search:
         """
         if time.time() >= deadline or self.compute_s >= budget_s:
             return True
-        while len(self.pending) < slots and not self._grid_exhausted():
+        while not self._grid_exhausted():
             outstanding = len(self.pending) + sum(len(v) for v in self.waiting.values())
-            if accounted + self.counts_done() + outstanding + settling >= self.config.trials:
+            left = self.config.trials - (accounted + self.counts_done() + outstanding + settling)
+            # The last `slots` trials go to free workers only: queued behind a busy one, a
+            # last trial could start after the other workers have run out of work.
+            room = slots * self._prefetch_depth() if left > slots else 0
+            if left <= 0 or len(self.pending) >= slots + room:
                 break
             if self._propose() == "infeasible":
                 self._infeasible_streak += 1
@@ -489,6 +527,25 @@ class Search:
             else:
                 self._infeasible_streak = 0
         return False
+
+    def _prefetch_depth(self) -> int:
+        """Trials queued behind each busy resident runner: `prefetch`, or by default one
+        until this run's trials turn out to be long (median of the last 20 >=
+        PREFETCH_BELOW_S)."""
+        if not self._may_queue:
+            return 0
+        if self.config.prefetch is not None:
+            return self.config.prefetch
+        recent = sorted(self._durations[-20:])
+        return int(not recent or recent[len(recent) // 2] < PREFETCH_BELOW_S)
+
+    def _revoke_queued(self, ray: Any) -> None:
+        """The search stops proposing: queued trials that have not started never will (their
+        results come back as not started). Those already started run to their end."""
+        keys = [k for k, p in self.pending.items() if p.queued and k not in self._revoked]
+        if keys:
+            self._revoked.update(keys)
+            ray.get(self.broker.revoke.remote(keys))
 
     def _grid_exhausted(self) -> bool:
         """A grid search ends when every grid point has been proposed once."""
@@ -501,7 +558,7 @@ class Search:
     def _status(self, started: float, slots: int) -> dict[str, Any]:
         return {
             "elapsed_s": time.time() - started,
-            "busy": len(self.pending),
+            "busy": min(len(self.pending), slots),
             "slots": slots,
             "counts": dict(self.counts),
             "best": self.best,
@@ -518,6 +575,8 @@ class Search:
 
     # -- one candidate --------------------------------------------------------------------------
     def _propose(self) -> str:
+        if self._to_enqueue:
+            self.study.enqueue_trial(self._to_enqueue.pop(0))
         trial = self.study.ask()
         # The suggested params, our attributes and the dashboard note: one commit, not a dozen.
         with self.storage.batch(trial) as batch:
@@ -633,6 +692,10 @@ class Search:
             for w in self.waiting.pop(p.key, []):
                 self._resubmit_waiting(ray, w)
             return
+        if result.get("state") == NOT_STARTED:
+            for q in (p, *self.waiting.pop(p.key, [])):
+                self._close_not_started(q)
+            return
         run = self._record_result(p, result)
         for w in self.waiting.pop(p.key, []):
             if run.state in ("complete", "pruned") or run.reason in ("nan_loss",):
@@ -640,9 +703,23 @@ class Search:
             else:
                 self._resubmit_waiting(ray, w)
 
+    def _close_not_started(self, p: _Pending) -> None:
+        """A queued trial the search revoked before it began: failed in Optuna (a trial
+        cannot go back), not counted, no run row; `_recover` leaves it out of `--trials`."""
+        self.inflight_keys.pop(p.key, None)
+        self.storage.attrs_at_tell(p.trial, {"reason": NOT_STARTED_REASON})
+        tell(self.study, p.trial, state=TrialState.FAIL)
+        self._emit(p, "not_started", reason=NOT_STARTED_REASON)
+
     def _submit(self, p: _Pending, request: dict[str, Any]) -> None:
         """Start training `p`: on a resident runner when the search has a pool, else as a
-        Ray task with its CPU/GPU share."""
+        Ray task with its CPU/GPU share. With every worker busy it waits in line (on the
+        least busy runner, or in Ray's queue). Under a time or compute budget it must claim
+        its start from the broker, so that the search can revoke it when the budget runs
+        out; without one it is within --trials and always runs (the claim is a round trip
+        a trial: ~8 ms on a busy 2-core machine)."""
+        budgeted = bool(self.config.timeout or self.config.max_compute_hours)
+        p.queued = request["queued"] = budgeted and len(self.pending) >= self.slots
         if self.pool is not None:
             p.ref, p.runner = self.pool.submit(request, self.broker)
             return
@@ -689,6 +766,8 @@ class Search:
             run, epochs, weights=result.get("weights"), **self._architecture_of(p.spec)
         )
         self.compute_s += float(result.get("duration_s") or 0.0)
+        if result.get("duration_s") is not None:
+            self._durations.append(float(result["duration_s"]))
         shown = {"device": run.device, "host": run.host, "run_id": run.id, "reason": run.reason}
         self.storage.attrs_at_tell(p.trial, {k: v for k, v in shown.items() if v is not None})
         if state == "complete" and acc is not None and math.isfinite(acc):
@@ -779,12 +858,19 @@ class Search:
 
     def _abandon_all(self, ray: Any, reason: str, *, cancel: bool = True) -> None:
         """Ctrl-C or a fatal error: cancel what runs, mark it, queue retries for the next run."""
+        try:  # queued trials first, so that none starts on a runner stopped below
+            self._revoke_queued(ray)
+        except Exception:  # noqa: BLE001 - the broker may be gone
+            pass
+        stopped: set[int] = set()
         for p in list(self.pending.values()):
             if p.runner is not None and self.pool is not None:
-                try:  # an actor's call can't be force-cancelled: restart the runner instead
-                    self.pool.stop(p.runner)
-                except Exception:  # noqa: BLE001 - the runner may be gone already
-                    pass
+                if p.runner not in stopped:
+                    stopped.add(p.runner)
+                    try:  # an actor's call can't be force-cancelled: restart the runner instead
+                        self.pool.stop(p.runner)
+                    except Exception:  # noqa: BLE001 - the runner may be gone already
+                        pass
             elif cancel:
                 try:
                     ray.cancel(p.ref, force=True)

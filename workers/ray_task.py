@@ -22,6 +22,8 @@ from typing import Any
 
 import ray
 
+from workers.results import NOT_STARTED
+
 POOL_NAMESPACE = "resnas"
 RUNNER_PREFIX = "resnas-runner-"
 
@@ -39,6 +41,25 @@ class ReportBroker:
         self._decisions: dict[tuple[str, int], bool] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
         self._new = asyncio.Event()
+        self._claimed: set[str] = set()
+        self._revoked: set[str] = set()
+
+    # A queued trial (handed out before a worker was free, so that the worker starts it the
+    # moment it is) claims its start here; the owner can revoke the ones not started yet.
+    # Both run without an await in between, so exactly one of them wins for each key.
+    async def claim(self, key: str) -> bool:
+        """Called by a worker before it starts a queued trial: False means do not start it."""
+        if key in self._revoked:
+            self._revoked.discard(key)
+            return False
+        self._claimed.add(key)
+        return True
+
+    async def revoke(self, keys: list[str]) -> list[str]:
+        """Called by the owner: the queued trials among `keys` that will now never start."""
+        revoked = [k for k in keys if k not in self._claimed]
+        self._revoked.update(revoked)
+        return revoked
 
     async def report(self, key: str, epoch: int, metrics: dict[str, Any]) -> bool:
         """Called by a worker after each epoch; returns True when the trial must stop."""
@@ -87,6 +108,11 @@ class BrokerReporter:
 
 
 def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, Any]:
+    request = dict(request)
+    if request.pop("queued", False) and broker is not None:  # the Ray edge's, not run_trial's
+        if not ray.get(broker.claim.remote(request["key"])):
+            return {"state": NOT_STARTED, "reason": NOT_STARTED}
+
     import torch
 
     from workers import run_trial

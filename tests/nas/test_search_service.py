@@ -17,7 +17,7 @@ import pytest
 from db import Store
 from nas.config import build_config
 from nas.samplers import CostAwareHalving
-from nas.search import Progress, run_search
+from nas.search import NOT_STARTED_REASON, Progress, run_search
 
 TINY_SPACE = """
 name: tiny
@@ -203,10 +203,75 @@ def test_compute_budget_stops_proposing(ray_local, sqlite_url):
     )
     assert summary.status == "budget"
     assert 1 <= sum(summary.counts.values()) < 50
-    # Nothing in flight was dropped: every trial Optuna knows is finished and recorded.
+    # Nothing in flight was dropped: every trial Optuna knows is finished, and recorded unless
+    # it was queued behind a busy worker and revoked before it started.
     trials = _optuna_trials(sqlite_url, "budgeted")
     assert all(t.state.is_finished() for t in trials)
-    assert len(Store(sqlite_url).runs("budgeted")) == len(trials)
+    started = [t for t in trials if t.user_attrs.get("reason") != NOT_STARTED_REASON]
+    assert len(Store(sqlite_url).runs("budgeted")) == len(started)
+
+
+@pytest.fixture
+def runners(ray_local):
+    """Two resident runners (`nas pool up`) on the test's Ray, gone after the test."""
+    from nas import pool
+
+    pool.up(slots=2, cpus=1.0, gpus=0.0)
+    yield
+    pool.down(stop_ray=False)
+
+
+def test_queued_trials_not_started_when_the_time_is_up_never_start(runners, sqlite_url):
+    # Two runners with two trials queued behind each; the time is up while the first two
+    # train.
+    late = dict(workers=2, pruner="none", train={"epochs": 8})
+    summary = run_search(_config(sqlite_url, "late", trials=10, prefetch=2, timeout=0.5, **late))
+    assert summary.status == "budget"
+    assert sum(summary.counts.values()) == 2
+    trials = _optuna_trials(sqlite_url, "late")
+    revoked = [t for t in trials if t.user_attrs.get("reason") == NOT_STARTED_REASON]
+    assert len(revoked) == 4 and len(trials) == 6
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in revoked)
+    assert sorted(r.trial_number for r in Store(sqlite_url).runs("late")) == [0, 1]
+    # They do not count toward --trials: a study of 3 trials needs one more.
+    again = run_search(_config(sqlite_url, "late", trials=3, prefetch=0, **late))
+    assert sum(again.counts.values()) == 1
+
+
+def test_a_busy_runner_gets_its_next_trial_queued_but_never_the_last_ones(runners, sqlite_url):
+    # Two runners, five trials. With one queued behind each, trial 2 is handed out while
+    # trials 0 and 1 train, so a runner starts it without waiting for the driver to record
+    # the one before; the last two are handed out only to free runners (queued, one could
+    # start after the other runner has run dry). Without queueing, trial 2 is asked for
+    # after a trial has ended.
+    def asked_vs_first_end(study: str, prefetch: int) -> tuple[float, float]:
+        run_search(_config(sqlite_url, study, trials=5, prefetch=prefetch, sampler="random",
+                           pruner="none", train={"epochs": 2}))
+        end = min(r.finished for r in Store(sqlite_url).runs(study) if r.trial_number < 2)
+        asked = {t.number: t.datetime_start.timestamp() for t in _optuna_trials(sqlite_url, study)}
+        return asked[2] - end, asked[3] - end
+
+    third, fourth = asked_vs_first_end("queue1", 1)
+    assert third < 0 < fourth
+    third, _ = asked_vs_first_end("queue0", 0)
+    assert third > 0
+
+
+def test_enqueued_architectures_run_first_once_each(ray_local, sqlite_url):
+    from dataclasses import replace
+
+    from search_spaces import zoo
+
+    ids = [replace(zoo.get(n), in_channels=1).arch_id for n in ("resnet20", "resnet32")]
+    cfg = dict(space="skip-ablation", sampler="random", train={"epochs": 1},
+               enqueue=("resnet20", "resnet32", "resnet20"))
+    run_search(_config(sqlite_url, "enq", trials=3, **cfg))
+    runs = sorted(Store(sqlite_url).runs("enq"), key=lambda r: r.trial_number)
+    assert [r.arch_id for r in runs[:2]] == ids
+    # Resumed with the same --enqueue, the study holds them already: nothing is enqueued twice.
+    run_search(_config(sqlite_url, "enq", trials=4, **cfg))
+    fixed = [t for t in _optuna_trials(sqlite_url, "enq") if "fixed_params" in t.system_attrs]
+    assert [t.number for t in fixed] == [0, 1]
 
 
 def test_json_lines_enqueue_and_store_views_from_the_command_line(sqlite_url, tmp_path):
