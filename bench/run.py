@@ -78,6 +78,11 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
                          f"{_f(p['startup_s'], '{:.1f}')} s; wall Tune/resnas "
                          f"{_f(t['wall_s'] / p['wall_s'])}x", "resnas >= 0.95",
                          _goal(d["goals"]["resnas_pool_utilisation_ge_0.95"])))
+            if "utilisation_ideal" in p:
+                rows.append(("overhead: a scheduler that costs nothing",
+                             f"utilisation {_f(p['utilisation_ideal'])} with the pool run's trial "
+                             f"times (each to the first free worker): resnas reaches "
+                             f"{_f(p['utilisation'] / p['utilisation_ideal'])} of it", "", ""))
     if d := _load("controller"):
         for backend, s in d["summary"].items():
             rows.append((f"controller, {backend} ({d['mode']}: {', '.join(map(str, d['sizes']))} trials)",
@@ -102,6 +107,12 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             rows.append(("scaling on resident runners (`nas pool up`, not timed)",
                          f"2 runners / 1 runner = {_f(d['speedup_resident_runners'])}x trials/hour",
                          ">= 1.9x", _goal(d["goals"]["speedup_resident_runners_ge_1.9"])))
+        if "speedup_bare_processes" in d:
+            rows.append(("scaling: what the machine allows",
+                         f"2 / 1 plain processes running `run_trial` (no orchestration) = "
+                         f"{_f(d['speedup_bare_processes'])}x; resnas keeps "
+                         f"{_f(d['speedup_over_bare'])} of it (fresh Ray), "
+                         f"{_f(d['speedup_resident_runners_over_bare'])} (resident runners)", "", ""))
         for L, c in (d.get("max_cluster") or {}).items():
             rows.append(("scaling: one controller", f"{_f(d['controller_trials_per_s'], '{:.1f}')} trials/s "
                          f"x {L} s trials = {c['max_busy_workers']} busy workers at most", "", ""))

@@ -5,6 +5,12 @@ The same fixed list of short trials as bench.overhead (distinct small architectu
 fresh local Ray (start-up excluded), then on 1 and 2 resident runners (`nas pool up`,
 warmed before the timing). Trials/hour = trials / wall.
 
+What the machine itself allows: the same trials through `run_trial` in 1, then 2 plain
+processes that pull them from a queue (no Ray, no database, no sampler; the processes have
+imported the trainer and loaded the data before the timing). Their speed-up is the ceiling
+of any orchestrator on these cores; resnas's speed-up over it is what the orchestration
+keeps of it.
+
 The controller limit comes from bench.controller (read from `results/controller.json`):
 one driver tells at most R trials/s, so with trials of L seconds it keeps at most
 R x L workers busy (Little's law: trials in flight = arrival rate x time in system).
@@ -15,10 +21,13 @@ R x L workers busy (Little's law: trials in flight = arrival rate x time in syst
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import os
+import time
 from typing import Any
 
 from bench import common
-from bench.overhead import run_resnas, small_specs
+from bench.overhead import EPOCHS, run_resnas, small_specs
 
 FULL_TRIALS = 16
 QUICK_TRIALS = 6
@@ -48,6 +57,52 @@ def _rates(r: dict[str, Any], label: str) -> dict[str, Any]:
     return r
 
 
+def _bare_worker(tasks: Any, results: Any, ready: Any, warm: dict[str, Any]) -> None:
+    import torch
+
+    from workers import run_trial
+
+    torch.set_num_threads(1)
+    run_trial(warm)  # imports, the data cache and the first-call costs, before the timing
+    ready.put(os.getpid())
+    while (request := tasks.get()) is not None:
+        result = run_trial(request)
+        results.put((result.state, result.duration_s))
+
+
+def run_bare(specs: list[Any], workers: int, epochs: int = EPOCHS) -> dict[str, Any]:
+    """The trials in `workers` plain processes pulling from one queue: the machine's own
+    throughput, with nothing of resnas, Ray or a database around `run_trial`."""
+    ctx = mp.get_context("spawn")
+    tasks, results, ready = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    recipe = {**common.RECIPE, "epochs": epochs}
+    warm = {"spec": specs[0].to_dict(), "config": {**recipe, "epochs": 1}}
+    procs = [ctx.Process(target=_bare_worker, args=(tasks, results, ready, warm), daemon=True)
+             for _ in range(workers)]
+    for proc in procs:
+        proc.start()
+    try:
+        for _ in procs:
+            ready.get(timeout=600)
+        t0 = time.perf_counter()
+        for spec in specs:
+            tasks.put({"spec": spec.to_dict(), "config": recipe})
+        for _ in procs:
+            tasks.put(None)
+        done = [results.get(timeout=600) for _ in specs]
+        wall = time.perf_counter() - t0
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+            if proc.is_alive():
+                proc.kill()
+    compute = sum(d for _, d in done)
+    return {"wall_s": wall, "trials": len(done), "compute_s": compute,
+            "states": sorted({st for st, _ in done}),
+            "utilisation": compute / (workers * wall),
+            "trials_per_hour": 3600 * len(done) / wall}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = common.trial_count_run(
         "python -m bench.scaling", __doc__.split("\n")[0], argv,
@@ -57,6 +112,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     common.header(f"scaling: {n} short trials with 1 and 2 workers")
     specs = small_specs(n, seed=11)
     out: dict[str, Any] = {}
+    for workers in (1, 2):
+        r = out[f"bare_workers_{workers}"] = run_bare(specs, workers)
+        print(f"   {workers} plain process(es), no orchestration: {r['trials']} trials in "
+              f"{r['wall_s']:.1f} s = {r['trials_per_hour']:.0f} trials/h", flush=True)
     for workers in (1, 2):
         common.start_ray(2)
         try:
@@ -77,6 +136,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     / out["workers_1"]["trials_per_hour_busy_window"])
     speedup_pool = (out["pool_workers_2"]["trials_per_hour"]
                     / out["pool_workers_1"]["trials_per_hour"])
+    speedup_bare = (out["bare_workers_2"]["trials_per_hour"]
+                    / out["bare_workers_1"]["trials_per_hour"])
     backend, rate = controller_rate()
     cluster = (
         {str(L): {"trial_s": L, "max_busy_workers": int(rate * L)} for L in TRIAL_LENGTHS_S}
@@ -85,6 +146,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"   2 workers / 1 worker = {speedup:.2f}x (goal >= 1.9: {'met' if speedup >= 1.9 else 'NOT met'}); "
           f"after start-up {speedup_busy:.2f}x; on resident runners {speedup_pool:.2f}x "
           f"({'met' if speedup_pool >= 1.9 else 'NOT met'}; pool start {pool_s:.1f} s, not timed)")
+    print(f"   the machine itself (plain processes): 2 / 1 = {speedup_bare:.2f}x; resnas keeps "
+          f"{speedup / speedup_bare:.2f} of it on a fresh Ray, {speedup_pool / speedup_bare:.2f} "
+          f"on resident runners")
     if rate:
         for L, c in cluster.items():
             print(f"   controller {rate:.1f} trials/s ({backend}) x {L} s trials = "
@@ -96,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "speedup_2_over_1": speedup,
         "speedup_busy_window": speedup_busy,
         "speedup_resident_runners": speedup_pool,
+        "speedup_bare_processes": speedup_bare,
+        "speedup_over_bare": speedup / speedup_bare,
+        "speedup_resident_runners_over_bare": speedup_pool / speedup_bare,
         "pool_start_s_excluded": pool_s,
         "controller_backend": backend,
         "controller_trials_per_s": rate,
