@@ -59,6 +59,8 @@ class TrialBatch:
     trial: optuna.trial.Trial
     user_attrs: dict[str, Any] = field(default_factory=dict)
     system_attrs: dict[str, Any] = field(default_factory=dict)
+    # Study attributes that belong to this trial alone (its dashboard note: the keys name
+    # the trial's id), so a trial created here has none of them yet.
     study_system_attrs: dict[str, Any] = field(default_factory=dict)
     params: list[tuple[str, float, distributions.BaseDistribution, Any]] = field(
         default_factory=list
@@ -289,7 +291,7 @@ def _write_rdb(
         _replace_attrs(session, models.TrialSystemAttributeModel, "trial_id", trial_id,
                        batch.system_attrs, system_keys)
         _replace_attrs(session, models.StudySystemAttributeModel, "study_id", study_id,
-                       batch.study_system_attrs)
+                       batch.study_system_attrs, set() if keys is not None else None)
 
 
 def _replace_attrs(

@@ -126,14 +126,18 @@ def real_url(url: str) -> str:
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
-    """Optuna's storage on `url`, with `pool_pre_ping` for PostgreSQL (#5600)."""
+    """Optuna's storage on `url`, with `pool_pre_ping` for PostgreSQL (#5600) and the
+    store's connection arguments (`db.engine.pg_connect_args`: no prepared statements)."""
+    from sqlalchemy.engine import make_url
+
+    from db.engine import pg_connect_args
     from nas.errors import mask_url
 
     engine_kwargs: dict[str, Any] = {}
     real = real_url(url)
     if real.startswith("postgresql"):
         engine_kwargs["pool_pre_ping"] = True
-        engine_kwargs["connect_args"] = {"connect_timeout": 10}
+        engine_kwargs["connect_args"] = pg_connect_args(make_url(real))
     elif real.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 30}
     try:

@@ -168,7 +168,11 @@ def test_a_new_trials_batch_deletes_nothing(sqlite_url):
     with storage.batch(trial) as batch:
         batch.user_attrs["arch_id"] = "abc"
         batch.system_attrs["constraints:params"] = 1.0
-    assert "DELETE" not in statements and statements.count("INSERT") == 2
+        batch.study_system_attrs.update(dashboard_note(trial, "**two** stages"))
+    assert "DELETE" not in statements and statements.count("INSERT") == 3
+    from optuna_dashboard import get_note
+
+    assert get_note(trial) == "**two** stages"  # the dashboard reads the note
     # Setting a key the trial has replaces it: the row is deleted first.
     statements.clear()
     with storage.batch(trial) as batch:
@@ -189,3 +193,21 @@ def test_enqueued_trials_are_read_from_the_database(sqlite_url):
         assert trial.suggest_int("depth", 1, 8) == 3
     study.tell(trial, 0.5)
     assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
+
+
+@pytest.mark.postgres
+def test_postgresql_plans_every_statement_afresh(pg_url):
+    """No server-side prepared statements on either engine: a plan PostgreSQL made for a new
+    study's empty tables stays until the next ANALYZE, and the lookups by trial id were
+    sequential scans whose cost grew with the study (bench.controller)."""
+    import sqlalchemy as sa
+
+    from db import Store
+
+    for engine in (Store(pg_url)._engine, open_storage(pg_url).engine):
+        with engine.connect() as conn:
+            for _ in range(10):  # psycopg prepares a statement after its 5th run
+                conn.execute(sa.text("SELECT count(*) FROM pg_class WHERE relpages > :n"),
+                             {"n": 1}).scalar()
+            prepared = conn.execute(sa.text("SELECT count(*) FROM pg_prepared_statements"))
+            assert prepared.scalar() == 0
