@@ -120,12 +120,12 @@ def run_bare(url: str, n: int, seed: int = 0) -> dict[str, Any]:
     """`ask` -> `SearchSpace.suggest` -> `tell`, the loop anyone would write first."""
     import optuna
 
-    from nas.search import open_storage
+    from nas.search import real_url
     from search_spaces import load_space
 
     space = load_space(common.SPACE)
-    study = optuna.create_study(
-        study_name=f"bare{n}", storage=open_storage(url),
+    study = optuna.create_study(  # Optuna's own storage set-up: the URL with the same driver
+        study_name=f"bare{n}", storage=real_url(url),
         sampler=optuna.samplers.RandomSampler(seed=seed), direction="maximize",
     )
     stamps = []

@@ -140,16 +140,8 @@ def create_store_engine(url: URL, *, migration: bool = False) -> Engine:
 
 
 def pg_connect_args(url: URL) -> dict[str, Any]:
-    """psycopg connection arguments for the store's and Optuna's engines.
-
-    `prepare_threshold=None`: no server-side prepared statements. psycopg prepares a query
-    after its 5th run, and PostgreSQL then keeps the plan it made for the tables as they
-    were (empty, in a new study) until the next ANALYZE. Without autovacuum, or in its
-    first minute, every lookup by trial id stayed a sequential scan: the cost per trial
-    grew with the study (bench.controller, PostgreSQL). Planned each time, they are index
-    scans.
-    """
-    args: dict[str, Any] = {"prepare_threshold": None}
+    """psycopg connection arguments for the store's and Optuna's engines."""
+    args: dict[str, Any] = {}
     if "connect_timeout" not in url.query:
         args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
     return args

@@ -19,6 +19,12 @@ six statements each; bench/controller.py measured those reads as the largest cos
 left on PostgreSQL. The copy is exact because the driver is the only writer of the trials it
 runs: `Search` refuses a study another live driver is searching, and other processes close a
 running trial only after its driver is gone. A trial leaves the copy when it finishes.
+
+And every `ask` first looks for an enqueued (WAITING) trial to take, which reads the study's
+new and running trials from the database (seven statements). Those trials are made by this
+process (`--enqueue`, retries), which `create_new_trial` sees, or by another one
+(`enqueue_trial` from a script): the look-up goes to the database after a WAITING trial was
+created here, and otherwise at most once every `WAITING_POLL_S`.
 Every other call is `_CachedStorage` unchanged.
 
 The writes use Optuna's own models and checks (the trial must still be updatable; a
@@ -31,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +45,8 @@ from typing import Any
 import optuna
 from optuna import distributions
 from optuna.storages._cached_storage import _CachedStorage
+
+WAITING = optuna.trial.TrialState.WAITING
 
 try:  # what `Study.optimize` tells with: `Study.tell` minus the re-read of the told trial
     from optuna.study._tell import _tell_with_warning
@@ -67,6 +76,10 @@ class TrialBatch:
     )
 
 
+# How long an enqueued trial made by another process may wait before `ask` takes it.
+WAITING_POLL_S = 1.0
+
+
 class BatchingStorage(_CachedStorage):
     """`_CachedStorage` that can write a new trial's params and attributes in one commit."""
 
@@ -75,11 +88,27 @@ class BatchingStorage(_CachedStorage):
         self._batches: dict[int, TrialBatch] = {}
         self._at_tell: dict[int, dict[str, Any]] = {}
         self._own: dict[int, optuna.trial.FrozenTrial] = {}  # running trials created here
+        self._none_waiting: dict[int, float] = {}  # study id -> when the DB last had none
+
+    def get_all_trials(
+        self, study_id: int, deepcopy: bool = True, states: Any = None
+    ) -> list[optuna.trial.FrozenTrial]:
+        if states is not None and tuple(states) == (WAITING,):  # `ask` looking for a queue
+            checked = self._none_waiting.get(study_id)
+            if checked is not None and time.monotonic() - checked < WAITING_POLL_S:
+                return []
+            trials = super().get_all_trials(study_id, deepcopy, states)
+            if not trials:
+                self._none_waiting[study_id] = time.monotonic()
+            return trials
+        return super().get_all_trials(study_id, deepcopy, states)
 
     def create_new_trial(
         self, study_id: int, template_trial: optuna.trial.FrozenTrial | None = None
     ) -> int:
         trial_id = super().create_new_trial(study_id, template_trial)
+        if template_trial is not None and template_trial.state == WAITING:
+            self._none_waiting.pop(study_id, None)
         with self._lock:
             study_id, number = self._trial_id_to_study_id_and_number[trial_id]
             created = self._studies[study_id].trials[number]

@@ -50,6 +50,9 @@ STALE_HEARTBEATS = 3
 # bench/README.md). Longer trials gain nothing from it and the sampler would see less.
 PREFETCH_BELOW_S = 20.0
 NOT_STARTED_REASON = "not_started: the search stopped before this queued trial began"
+# Trial numbers at which the store's and Optuna's tables get fresh planner statistics
+# (`Store.refresh_statistics`).
+ANALYZE_AT = (100, 1000)
 
 
 @dataclass
@@ -127,7 +130,7 @@ def real_url(url: str) -> str:
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's storage on `url`, with `pool_pre_ping` for PostgreSQL (#5600) and the
-    store's connection arguments (`db.engine.pg_connect_args`: no prepared statements)."""
+    store's connection arguments."""
     from sqlalchemy.engine import make_url
 
     from db.engine import pg_connect_args
@@ -232,6 +235,10 @@ class Search:
         self._durations: list[float] = []  # seconds of this run's trained trials
         self._revoked: set[str] = set()
         self._may_queue = False
+        self._analyzed = 0  # how many of ANALYZE_AT this run has passed
+        self._prunes = self.mo_pruner is not None or (
+            self.pruner_name != "none" and not config.multi_objective
+        )
 
     # -- set-up -------------------------------------------------------------------------------
     def _open_study(self) -> optuna.Study:
@@ -582,6 +589,10 @@ class Search:
         if self._to_enqueue:
             self.study.enqueue_trial(self._to_enqueue.pop(0))
         trial = self.study.ask()
+        if self._analyzed < len(ANALYZE_AT) and trial.number >= ANALYZE_AT[self._analyzed]:
+            while self._analyzed < len(ANALYZE_AT) and trial.number >= ANALYZE_AT[self._analyzed]:
+                self._analyzed += 1
+            self.store.refresh_statistics()
         # The suggested params, our attributes and the dashboard note: one commit, not a dozen.
         with self.storage.batch(trial) as batch:
             try:
@@ -681,7 +692,7 @@ class Search:
                     p.trial.report(acc, epoch)
                     stop = epoch < self.epochs and p.trial.should_prune()
             decisions.append((pkey, epoch, stop))
-        if decisions:
+        if decisions and self._prunes:  # otherwise the workers posted and trained on
             self.broker.decide.remote(decisions)
 
     # -- outcomes -------------------------------------------------------------------------------
@@ -724,6 +735,8 @@ class Search:
         a trial: ~8 ms on a busy 2-core machine)."""
         budgeted = bool(self.config.timeout or self.config.max_compute_hours)
         p.queued = request["queued"] = budgeted and len(self.pending) >= self.slots
+        if not self._prunes:  # nobody decides "stop": the worker need not wait each epoch
+            request["prunable"] = False
         if self.pool is not None:
             p.ref, p.runner = self.pool.submit(request, self.broker)
             return

@@ -66,9 +66,13 @@ def test_overhead_and_scaling_smoke(results):
     scaling.main(["--smoke"])
     s = _load(results, "scaling")
     assert s["workers_1"]["trials_per_hour"] > 0 and s["speedup_2_over_1"] > 0
-    for w in ("workers_1", "workers_2", "pool_workers_1", "pool_workers_2"):
+    for w in ("workers_1", "workers_2", "pool_workers_1", "pool_workers_2", "bare_workers_1",
+              "bare_workers_2"):
         assert 0 < s[w]["utilisation"] <= 1.05
     assert s["speedup_resident_runners"] > 0
+    # The plain processes trained every trial.
+    assert s["bare_workers_2"]["states"] == ["complete"] and s["speedup_bare_processes"] > 0
+    assert 0 < d["resnas_pool"]["utilisation_ideal"] <= 1.0 + 1e-9
 
 
 @pytest.mark.slow

@@ -196,18 +196,46 @@ def test_enqueued_trials_are_read_from_the_database(sqlite_url):
 
 
 @pytest.mark.postgres
-def test_postgresql_plans_every_statement_afresh(pg_url):
-    """No server-side prepared statements on either engine: a plan PostgreSQL made for a new
-    study's empty tables stays until the next ANALYZE, and the lookups by trial id were
-    sequential scans whose cost grew with the study (bench.controller)."""
+def test_a_growing_study_gets_fresh_planner_statistics(pg_url, ray_local, monkeypatch):
+    """PostgreSQL keeps a prepared statement's plan until the table is analyzed; made on a
+    new study's empty tables, lookups by trial id were sequential scans whose cost grew with
+    the study (bench.controller). A search analyzes the tables as its study grows."""
     import sqlalchemy as sa
 
     from db import Store
+    from nas import search
+    from nas.config import build_config
 
-    for engine in (Store(pg_url)._engine, open_storage(pg_url).engine):
-        with engine.connect() as conn:
-            for _ in range(10):  # psycopg prepares a statement after its 5th run
-                conn.execute(sa.text("SELECT count(*) FROM pg_class WHERE relpages > :n"),
-                             {"n": 1}).scalar()
-            prepared = conn.execute(sa.text("SELECT count(*) FROM pg_prepared_statements"))
-            assert prepared.scalar() == 0
+    monkeypatch.setattr(search, "ANALYZE_AT", (2,))
+    search.run_search(build_config({}, {"study": "stats", "storage": pg_url, "trials": 3,
+                                        "workers": 1, "train": {"epochs": 1}}, "flags"))
+    with Store(pg_url)._engine.connect() as conn:
+        analyzed = dict(conn.execute(sa.text(
+            "SELECT relname, last_analyze IS NOT NULL FROM pg_stat_user_tables")).all())
+    assert analyzed["trial_params"] and analyzed["trials"] and analyzed["nas_runs"]
+
+
+def test_ask_looks_for_enqueued_trials_only_when_there_can_be_some(sqlite_url, monkeypatch):
+    """`ask` reads the study's new trials to find a WAITING one: after one was made here, or
+    once a poll interval has passed (one made by another process); otherwise not."""
+    from nas import optuna_io
+
+    study, storage = _study(sqlite_url)
+    study.tell(study.ask(), 0.1)  # the first ask looked: nothing waiting
+    seen: list[str] = []
+    sa.event.listen(storage._backend.engine, "before_cursor_execute",
+                    lambda conn, cursor, statement, *rest: seen.append(statement))
+    trial = study.ask()
+    assert seen and not [s for s in seen if "ORDER BY trials.trial_id" in s]  # no look-up
+    study.tell(trial, 0.2)
+
+    study.enqueue_trial({"depth": 3})  # made here: the next ask looks, and takes it
+    trial = study.ask()
+    assert trial.suggest_int("depth", 1, 8) == 3
+    study.tell(trial, 0.3)
+
+    other = optuna.load_study(study_name="io", storage=open_storage(sqlite_url))
+    other.enqueue_trial({"depth": 5})  # another process's: seen within the poll interval
+    monkeypatch.setattr(optuna_io, "WAITING_POLL_S", 0.0)
+    trial = study.ask()
+    assert trial.suggest_int("depth", 1, 8) == 5

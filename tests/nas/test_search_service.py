@@ -313,3 +313,21 @@ def test_grid_search_covers_the_grid_once_and_stops(ray_local, sqlite_url, tmp_p
     assert summary.status == "finished"
     assert len(runs) == 4 and len({r.arch_id for r in runs}) == 4
     assert all(r.cached_from is None for r in runs)
+
+
+def test_a_search_that_never_prunes_does_not_hold_its_workers_each_epoch(ray_local, sqlite_url):
+    import ray
+
+    from workers.ray_task import BrokerReporter, ReportBroker
+
+    # The worker posts the epoch and trains on: no owner ever answers here, and a reporter
+    # that waited would block for DECISION_TIMEOUT_S (minutes).
+    broker = ReportBroker.remote()
+    assert BrokerReporter(broker, "k", wait=False).report(1, {"val_accuracy": 0.5}) is False
+    (key, epoch, metrics), = ray.get(broker.next_reports.remote(5.0))
+    assert (key, epoch, metrics["val_accuracy"]) == ("k", 1, 0.5)
+
+    # The epochs still reach the study: every trial has its learning curve.
+    run_search(_config(sqlite_url, "curves", trials=2, pruner="none", train={"epochs": 2}))
+    for trial in _optuna_trials(sqlite_url, "curves"):
+        assert sorted(trial.intermediate_values) == [1, 2]
