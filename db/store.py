@@ -209,6 +209,7 @@ class Store:
             finally:
                 migration_engine.dispose()
         self._engine = create_store_engine(self._url)
+        self._upserts: dict[tuple, Any] = {}
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
         if not migrate:
             self._check_revision()
@@ -244,11 +245,32 @@ class Store:
         finally:
             session.close()
 
-    def _insert(self, model: type) -> Any:
-        """INSERT that knows ON CONFLICT (both backends spell it the same way)."""
-        if self._backend == "postgresql":
-            return postgresql.insert(model)
-        return sqlite.insert(model)
+    def _upsert(
+        self, model: type, conflict: tuple[str, ...], update: tuple[str, ...] = (),
+        returning: Any = None,
+    ) -> Any:
+        """INSERT INTO `model`'s table ... ON CONFLICT (`conflict`) DO UPDATE SET `update`
+        to the new values (DO NOTHING without `update`), for running with parameters.
+
+        Built once per Store and for the table rather than the ORM entity: building the
+        statement, and the ORM's bulk-insert layer, cost more per trial than the INSERT
+        itself (bench.controller's profile). A list of parameter dicts runs as executemany.
+        """
+        key = (model, conflict, update, returning)
+        stmt = self._upserts.get(key)
+        if stmt is None:
+            dialect = postgresql if self._backend == "postgresql" else sqlite
+            stmt = dialect.insert(model.__table__)
+            if update:
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=list(conflict), set_={k: stmt.excluded[k] for k in update}
+                )
+            else:
+                stmt = stmt.on_conflict_do_nothing(index_elements=list(conflict))
+            if returning is not None:
+                stmt = stmt.returning(returning)
+            self._upserts[key] = stmt
+        return stmt
 
     def _check_revision(self) -> None:
         with self._session("reading the schema revision") as session:
@@ -336,12 +358,13 @@ class Store:
     ) -> None:
         """Insert the architecture and its stage rows, or refresh its params/FLOPs. Idempotent."""
         with self._session(f"saving architecture {spec.arch_id}", write=True) as session:
-            for stmt in self._architecture_statements(spec, params, flops, input_size):
-                session.execute(stmt)
+            for stmt, values in self._architecture_statements(spec, params, flops, input_size):
+                session.execute(stmt, values)
 
     def _architecture_statements(
         self, spec: ArchitectureSpec, params: int, flops: int, input_size: tuple[int, int]
-    ) -> tuple[Any, Any]:
+    ) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        """(statement, parameters) for the architecture row and its stage rows."""
         arch_id = spec.arch_id
         height, width = input_size
         values = {
@@ -357,11 +380,7 @@ class Store:
             "skip_types": ",".join(sorted({s.skip for s in spec.stages})),
             "created": _now(),
         }
-        stmt = self._insert(ArchitectureModel).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["arch_id"],
-            set_={k: stmt.excluded[k] for k in ("params", "flops", "input_size")},
-        )
+        stmt = self._upsert(ArchitectureModel, ("arch_id",), ("params", "flops", "input_size"))
         stages = [
             {
                 "arch_id": arch_id,
@@ -377,22 +396,14 @@ class Store:
             }
             for index, s in enumerate(spec.stages, start=1)
         ]
-        stage_stmt = (
-            self._insert(StageModel)
-            .values(stages)
-            .on_conflict_do_nothing(index_elements=["arch_id", "stage"])
-        )
-        return stmt, stage_stmt
+        return (stmt, values), (self._upsert(StageModel, ("arch_id", "stage")), stages)
 
     def save_recipe(self, recipe_id: str, recipe: dict, dataset: str) -> None:
         """Insert the recipe unless it exists (its id is the hash of its content)."""
-        stmt = (
-            self._insert(RecipeModel)
-            .values(recipe_id=recipe_id, recipe=dict(recipe), dataset=dataset, created=_now())
-            .on_conflict_do_nothing(index_elements=["recipe_id"])
-        )
+        values = {"recipe_id": recipe_id, "recipe": dict(recipe), "dataset": dataset,
+                  "created": _now()}
         with self._session(f"saving recipe {recipe_id}", write=True) as session:
-            session.execute(stmt)
+            session.execute(self._upsert(RecipeModel, ("recipe_id",)), values)
 
     def architecture(self, arch_id: str) -> dict | None:
         """The spec dict of `arch_id` (feed it to `ArchitectureSpec.from_dict`)."""
@@ -435,11 +446,11 @@ class Store:
             values[name] = _to_dt(values[name])
         values["extra"] = dict(values["extra"] or {})
         values["updated"] = _now()
-        stmt = self._insert(RunModel).values(**values)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=["study", "trial_number"],
-            set_={k: stmt.excluded[k] for k in values if k not in ("study", "trial_number")},
-        ).returning(RunModel.id)
+        stmt = self._upsert(
+            RunModel, ("study", "trial_number"),
+            tuple(k for k in values if k not in ("study", "trial_number")),
+            returning=RunModel.__table__.c.id,
+        )
         what = f"recording trial {run.trial_number} of study {run.study!r}"
         arch = (
             self._architecture_statements(spec, run.params or 0, run.flops or 0, input_size)
@@ -447,28 +458,22 @@ class Store:
             else ()
         )
         with self._session(what, write=True) as session:
-            for arch_stmt in arch:
-                session.execute(arch_stmt)
-            run_id = int(session.execute(stmt).scalar_one())
+            for arch_stmt, arch_values in arch:
+                session.execute(arch_stmt, arch_values)
+            run_id = int(session.execute(stmt, values).scalar_one())
             if epochs:
                 rows = [
                     {"run_id": run_id, **{n: getattr(e, n) for n in _EPOCH_FIELDS}} for e in epochs
                 ]
-                epoch_stmt = self._insert(EpochModel).values(rows)
-                epoch_stmt = epoch_stmt.on_conflict_do_update(
-                    index_elements=["run_id", "epoch"],
-                    set_={n: epoch_stmt.excluded[n] for n in _EPOCH_FIELDS if n != "epoch"},
+                epoch_stmt = self._upsert(
+                    EpochModel, ("run_id", "epoch"), tuple(n for n in _EPOCH_FIELDS if n != "epoch")
                 )
-                session.execute(epoch_stmt)
+                session.execute(epoch_stmt, rows)
             if weights is not None:
-                weight_stmt = self._insert(WeightsModel).values(
-                    run_id=run_id, format="safetensors", data=bytes(weights)
+                weight_stmt = self._upsert(WeightsModel, ("run_id",), ("format", "data"))
+                session.execute(
+                    weight_stmt, {"run_id": run_id, "format": "safetensors", "data": bytes(weights)}
                 )
-                weight_stmt = weight_stmt.on_conflict_do_update(
-                    index_elements=["run_id"],
-                    set_={"format": weight_stmt.excluded.format, "data": weight_stmt.excluded.data},
-                )
-                session.execute(weight_stmt)
         return run_id
 
     def find_finished(

@@ -301,8 +301,11 @@ def _write_rdb(
     trial_id = batch.trial._trial_id
     study_id = batch.trial.study._study_id
     with _create_scoped_session(backend.scoped_session, True) as session:
-        row = models.TrialModel.find_or_raise_by_id(trial_id, session)
-        backend.check_trial_is_updatable(trial_id, row.state)
+        if keys is None:  # not a trial running here: the database says whether it may change
+            row = models.TrialModel.find_or_raise_by_id(trial_id, session)
+            backend.check_trial_is_updatable(trial_id, row.state)
+        # A trial running here is running in the database too (this driver is its only
+        # writer, as for the copy `get_trial` answers from): no read of its row.
         params = []
         for name, value, dist, previous in batch.params:
             if previous is None:  # first time this process sees the name: ask the study

@@ -101,6 +101,46 @@ def test_record_run_updates_the_row_of_the_same_study_and_trial(store):
     assert other != first
 
 
+def test_a_trial_is_recorded_in_one_statement_per_table(store, storage_url):
+    """What the search driver writes per finished trial: architecture, stages, run, epochs
+    and weights, one INSERT each in one transaction, and the next trial's values (another
+    architecture, other row counts) land where they belong."""
+    statements: list[str] = []
+
+    def seen(conn, cursor, sql, *rest):
+        if not sql.lstrip().upper().startswith("BEGIN"):  # SQLite's write lock
+            statements.append(" ".join(sql.split()[:3]).upper())
+
+    sa.event.listen(store._engine, "before_cursor_execute", seen)
+    a, b = spec(2), spec(3, "projection", width=8)
+    first = store.record_run(
+        run("s", 0, arch_id=a.arch_id), [EpochRecord(epoch=e, val_accuracy=e / 10) for e in (1, 2)],
+        b"w0", spec=a, input_size=(32, 32),
+    )
+    assert statements == [
+        "INSERT INTO NAS_ARCHITECTURES", "INSERT INTO NAS_STAGES", "INSERT INTO NAS_RUNS",
+        "INSERT INTO NAS_EPOCHS", "INSERT INTO NAS_WEIGHTS",
+    ]
+    second = store.record_run(
+        run("s", 1, arch_id=b.arch_id, state="failed"),
+        [EpochRecord(epoch=e, val_accuracy=e / 100) for e in (1, 2, 3)], spec=b, input_size=(8, 8),
+    )
+    assert len(statements) == 9  # no weights the second time
+    assert store.architecture(a.arch_id) == a.to_dict()
+    assert store.architecture(b.arch_id) == b.to_dict()
+    stages = _query(storage_url, "SELECT arch_id, stage, width, skip FROM nas_stages "
+                                 "ORDER BY arch_id, stage")
+    assert sorted((s["arch_id"], s["stage"], s["width"], s["skip"]) for s in stages) == sorted(
+        [(a.arch_id, i, w, "identity") for i, w in ((1, 16), (2, 32), (3, 64))]
+        + [(b.arch_id, i, w, "projection") for i, w in ((1, 8), (2, 16), (3, 32))]
+    )
+    assert [e.val_accuracy for e in store.epochs(first)] == [0.1, 0.2]
+    assert [e.val_accuracy for e in store.epochs(second)] == [0.01, 0.02, 0.03]
+    assert store.get_run(second).state == "failed" and store.weights(second) is None
+    assert _query(storage_url, "SELECT input_size FROM nas_architectures WHERE arch_id = :a",
+                  a=b.arch_id) == [{"input_size": "8x8"}]
+
+
 def test_record_run_rejects_unknown_state(store):
     with pytest.raises(ValueError, match="`state` got 'done'; allowed: complete"):
         store.record_run(run("s", 0, state="done"))
