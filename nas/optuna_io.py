@@ -12,8 +12,9 @@ they are written together with the attributes collected on `batch` (user, system
 study system attributes that carry the optuna-dashboard note) in ONE transaction. And
 `attrs_at_tell(trial, attrs)` puts user attributes into the transaction of the trial's tell.
 
-It also keeps a copy of each trial it created while that trial runs, updated by every write
-it makes to it, and answers `get_trial` for those from the copy. Optuna reads a running
+It also keeps a copy of each trial it created (or took from the queue) while that trial
+runs, updated by every write it makes to it, and answers `get_trial` for those from the
+copy. Optuna reads a running
 trial from the database three times between ask and tell (`Trial()`, and twice in `tell`),
 six statements each; bench/controller.py measured those reads as the largest cost per trial
 left on PostgreSQL. The copy is exact because the driver is the only writer of the trials it
@@ -113,7 +114,7 @@ class BatchingStorage(_CachedStorage):
             study_id, number = self._trial_id_to_study_id_and_number[trial_id]
             created = self._studies[study_id].trials[number]
             # Only a trial that starts running here is ours; an enqueued (WAITING) one may be
-            # taken by any process, and then the database answers for it.
+            # taken by any process, and is ours once this one takes it (`_adopt`).
             if created.state == optuna.trial.TrialState.RUNNING:
                 self._own[trial_id] = copy.deepcopy(created)
         return trial_id
@@ -124,6 +125,14 @@ class BatchingStorage(_CachedStorage):
             if own is not None:
                 return copy.deepcopy(own)  # callers (Trial) change what they get
         return super().get_trial(trial_id)
+
+    def _adopt(self, trial_id: int) -> None:
+        """This process took `trial_id` from the queue (WAITING -> RUNNING, which succeeds
+        for one process only): it runs it now, and is its only writer, as for a trial it
+        created. One read makes the copy; `Trial()` reads it next, from the copy."""
+        trial = super().get_trial(trial_id)
+        with self._lock:
+            self._own[trial_id] = trial
 
     def _own_trial(self, trial_id: int) -> optuna.trial.FrozenTrial | None:
         """The copy of a running trial created here (call with the lock held)."""
@@ -163,7 +172,10 @@ class BatchingStorage(_CachedStorage):
             # database says it can't (finished elsewhere); from now on the database answers.
             self._own.pop(trial_id, None)
         if not attrs:
-            return super().set_trial_state_values(trial_id, state, values)
+            changed = super().set_trial_state_values(trial_id, state, values)
+            if changed and state == optuna.trial.TrialState.RUNNING:
+                self._adopt(trial_id)
+            return changed
         if models is None:  # pragma: no cover - public calls, one commit each
             for key, value in attrs.items():
                 self.set_trial_user_attr(trial_id, key, value)
@@ -246,6 +258,24 @@ def _add_param(
 ) -> None:
     trial.params[name] = dist.to_external_repr(value)
     trial.distributions[name] = dist
+
+
+def fix_params(trial: optuna.trial.Trial, batch: TrialBatch, params: dict[str, Any]) -> bool:
+    """Give `trial` (just asked, nothing suggested yet) the parameters `params`, as
+    `Study.enqueue_trial(params)` and then `ask` would: its suggest calls return them, and
+    it carries them in the system attribute `fixed_params` that the queue writes (here,
+    in the batch's transaction). False, changing nothing, for a trial `ask` took from
+    Optuna's queue: it has parameters of its own.
+
+    The queue's way costs a WAITING trial's inserts, a read of the study's waiting trials,
+    the WAITING -> RUNNING update and a read of the trial; bench.overhead, where every
+    trial is enqueued, measured that as the largest part of the driver's CPU per trial.
+    """
+    if trial._fixed_params:  # what `Trial.__init__` read from the trial's `fixed_params`
+        return False
+    trial._fixed_params = dict(params)
+    batch.system_attrs["fixed_params"] = dict(params)
+    return True
 
 
 def tell(

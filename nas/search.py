@@ -27,7 +27,7 @@ from optuna.study._constrained_optimization import _CONSTRAINTS_KEY as CONSTRAIN
 from db import EpochRecord, RunRecord, Store, StoreError
 from nas.config import SearchConfig
 from nas.errors import UserError
-from nas.optuna_io import BatchingStorage, dashboard_note, tell
+from nas.optuna_io import BatchingStorage, dashboard_note, fix_params, tell
 from nas.samplers import AskTellGridSampler, CostAwareHalving, make_pruner, make_sampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
 from workers import TrainConfig, dataset_info
@@ -444,11 +444,12 @@ class Search:
         return by_cpu
 
     def _enqueue_requested(self) -> None:
-        """Check every --enqueue architecture now; put them into the study as they are asked
-        for (`_propose`). Enqueueing all up front cost ~10 ms each before the first trial
-        could start (`skip_if_exists` reads the whole study every time), and a waiting queue
-        makes every `ask` slower. Those the study already holds are skipped, as Optuna's
-        `skip_if_exists` does, with one read."""
+        """Check every --enqueue architecture now; each becomes the parameters of the next
+        asked trial (`_propose`, `fix_params`), which is what Optuna's `enqueue_trial` then
+        `ask` give, without the queue: enqueueing all up front cost ~10 ms each before the
+        first trial could start (`skip_if_exists` reads the whole study every time), and a
+        waiting queue makes every `ask` slower. Those the study already holds are skipped,
+        as Optuna's `skip_if_exists` does, with one read."""
         wanted = []
         for spec in self.enqueue_specs:
             params = self.space.params_for(spec)
@@ -586,8 +587,6 @@ class Search:
 
     # -- one candidate --------------------------------------------------------------------------
     def _propose(self) -> str:
-        if self._to_enqueue:
-            self.study.enqueue_trial(self._to_enqueue.pop(0))
         trial = self.study.ask()
         if self._analyzed < len(ANALYZE_AT) and trial.number >= ANALYZE_AT[self._analyzed]:
             while self._analyzed < len(ANALYZE_AT) and trial.number >= ANALYZE_AT[self._analyzed]:
@@ -595,6 +594,9 @@ class Search:
             self.store.refresh_statistics()
         # The suggested params, our attributes and the dashboard note: one commit, not a dozen.
         with self.storage.batch(trial) as batch:
+            # The next --enqueue architecture, unless `ask` took a queued trial (a retry).
+            if self._to_enqueue and fix_params(trial, batch, self._to_enqueue[0]):
+                self._to_enqueue.pop(0)
             try:
                 spec = self.space.suggest(
                     trial, in_channels=self.data.in_channels, num_classes=self.data.num_classes
@@ -618,7 +620,8 @@ class Search:
                     limit = self.limits[f"max_{name}"]
                     if limit:
                         batch.system_attrs[f"{CONSTRAINTS_KEY}:{name}"] = float(value - limit)
-                infeasible = any(v > 0 for v in batch.system_attrs.values())
+                infeasible = any(v > 0 for k, v in batch.system_attrs.items()
+                                 if k.startswith(CONSTRAINTS_KEY))
                 if infeasible:
                     batch.user_attrs["infeasible"] = True
                 note = dashboard_note(trial, stage_markdown(spec, cost.params, cost.flops))

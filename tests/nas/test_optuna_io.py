@@ -6,7 +6,7 @@ import optuna
 import pytest
 import sqlalchemy as sa
 
-from nas.optuna_io import BatchingStorage, dashboard_note
+from nas.optuna_io import BatchingStorage, dashboard_note, fix_params
 from nas.search import open_storage
 
 TrialState = optuna.trial.TrialState
@@ -183,17 +183,63 @@ def test_a_new_trials_batch_only_inserts(sqlite_url):
     assert got.user_attrs == {"arch_id": "def"}
 
 
-def test_enqueued_trials_are_read_from_the_database(sqlite_url):
-    """A WAITING trial is not this process's until it pops it; its state comes from the DB."""
+def test_a_trial_taken_from_the_queue_is_then_read_from_the_copy(sqlite_url):
+    """A WAITING trial may be taken by any process, so the database answers for it; once
+    this process has taken it (WAITING -> RUNNING succeeds for one process only), it runs
+    it alone and reads it from its copy, as for a trial it created."""
     study, storage = _study(sqlite_url)
-    study.enqueue_trial({"depth": 3})
+    elsewhere = optuna.load_study(study_name="io", storage=open_storage(sqlite_url))
+    elsewhere.enqueue_trial({"depth": 3}, user_attrs={"attempt": 1})
+    waiting = elsewhere.trials[0]
+    assert storage.get_trial(waiting._trial_id).state == TrialState.WAITING
+    assert waiting._trial_id not in storage._own
+
     trial = study.ask()
-    assert trial._trial_id not in storage._own
-    assert storage.get_trial(trial._trial_id).state == TrialState.RUNNING
-    with storage.batch(trial):
+    assert trial._trial_id == waiting._trial_id and trial._trial_id in storage._own
+    with storage.batch(trial) as batch:
         assert trial.suggest_int("depth", 1, 8) == 3
+        batch.user_attrs["arch_id"] = "abc"
+    trial.report(0.4, 1)
+    statements = _count_statements(storage)
+    got = storage.get_trial(trial._trial_id)
+    assert statements == []  # from the copy
+    assert (got.state, got.params, got.intermediate_values) == (TrialState.RUNNING, {"depth": 3}, {1: 0.4})
+    assert got.user_attrs == {"attempt": 1, "arch_id": "abc"}
+    stored = optuna.load_study(study_name="io", storage=open_storage(sqlite_url)).trials[0]
+    assert (stored.params, stored.intermediate_values, stored.user_attrs) == (
+        got.params, got.intermediate_values, got.user_attrs)
     study.tell(trial, 0.5)
+    assert trial._trial_id not in storage._own
     assert storage.get_trial(trial._trial_id).state == TrialState.COMPLETE
+    # A queued trial another process took first is not this one's: it is not copied.
+    elsewhere.enqueue_trial({"depth": 4})
+    taken = elsewhere.trials[-1]
+    assert elsewhere._storage.set_trial_state_values(taken._trial_id, TrialState.RUNNING)
+    assert not storage.set_trial_state_values(taken._trial_id, TrialState.RUNNING)
+    assert taken._trial_id not in storage._own
+
+
+def test_fixed_params_are_what_enqueue_then_ask_give_without_the_queue(storage_url):
+    study, storage, trial = _second_trial(storage_url)
+    statements = _count_statements(storage)
+    with storage.batch(trial) as batch:
+        assert fix_params(trial, batch, {"depth": 6, "skip": "projection"})
+        _suggest(trial)
+    assert statements == ["INSERT"] * 2  # params and system attributes, nothing read
+    assert trial.params["depth"] == 6 and trial.params["skip"] == "projection"
+    study.tell(trial, 0.7)
+    # What `enqueue_trial` + `ask` leave in the study: the same params and attribute.
+    study.enqueue_trial({"depth": 6, "skip": "projection"})
+    queued = study.ask()
+    with storage.batch(queued) as batch:
+        assert not fix_params(queued, batch, {"depth": 1})  # it has its own
+        _suggest(queued)
+    study.tell(queued, 0.7)
+    fresh = optuna.load_study(study_name="io", storage=open_storage(storage_url)).trials
+    for got in fresh[1:]:
+        assert {k: got.params[k] for k in ("depth", "skip")} == {"depth": 6, "skip": "projection"}
+        assert got.system_attrs["fixed_params"] == {"depth": 6, "skip": "projection"}
+        assert got.state == TrialState.COMPLETE
 
 
 @pytest.mark.postgres

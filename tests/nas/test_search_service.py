@@ -274,6 +274,29 @@ def test_enqueued_architectures_run_first_once_each(ray_local, sqlite_url):
     assert [t.number for t in fixed] == [0, 1]
 
 
+def test_a_trial_already_queued_in_the_study_runs_before_the_enqueued_architectures(
+    ray_local, sqlite_url
+):
+    """--enqueue architectures are given to the trials as they are asked; one that `ask`
+    takes from Optuna's queue (a retry, another process's `enqueue_trial`) keeps its own."""
+    from dataclasses import replace
+
+    from search_spaces import load_space, zoo
+
+    space = load_space("skip-ablation")
+    resnet20, resnet32 = (replace(zoo.get(n), in_channels=1) for n in ("resnet20", "resnet32"))
+    study = optuna.create_study(study_name="queued", storage=sqlite_url, direction="maximize")
+    study.enqueue_trial(space.params_for(resnet32))
+    run_search(_config(sqlite_url, "queued", trials=2, space="skip-ablation", sampler="random",
+                       train={"epochs": 1}, enqueue=("resnet20",)))
+    runs = sorted(Store(sqlite_url).runs("queued"), key=lambda r: r.trial_number)
+    assert [r.arch_id for r in runs] == [resnet32.arch_id, resnet20.arch_id]
+    trials = _optuna_trials(sqlite_url, "queued")
+    assert [t.system_attrs["fixed_params"] for t in trials] == [
+        space.params_for(resnet32), space.params_for(resnet20)]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
 def test_json_lines_enqueue_and_store_views_from_the_command_line(sqlite_url, tmp_path):
     import json
 
