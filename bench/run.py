@@ -103,14 +103,16 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
             rows.append(("scaling: after start-up", f"2 workers / 1 worker = "
                          f"{_f(d['speedup_busy_window'])}x trials/hour from the first trial's start",
                          "", ""))
+        pairs = f" (median of {d['repeats']} pairs)" if d.get("repeats", 1) > 1 else ""
         if "speedup_resident_runners" in d:
             rows.append(("scaling on resident runners (`nas pool up`, not timed)",
-                         f"2 runners / 1 runner = {_f(d['speedup_resident_runners'])}x trials/hour",
+                         f"2 runners / 1 runner = {_f(d['speedup_resident_runners'])}x "
+                         f"trials/hour{pairs}",
                          ">= 1.9x", _goal(d["goals"]["speedup_resident_runners_ge_1.9"])))
         if "speedup_bare_processes" in d:
             rows.append(("scaling: what the machine allows",
                          f"2 / 1 plain processes running `run_trial` (no orchestration) = "
-                         f"{_f(d['speedup_bare_processes'])}x; resnas keeps "
+                         f"{_f(d['speedup_bare_processes'])}x{pairs}; resnas keeps "
                          f"{_f(d['speedup_over_bare'])} of it (fresh Ray), "
                          f"{_f(d['speedup_resident_runners_over_bare'])} (resident runners)", "", ""))
         for L, c in (d.get("max_cluster") or {}).items():

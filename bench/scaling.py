@@ -5,6 +5,10 @@ The same fixed list of short trials as bench.overhead (distinct small architectu
 fresh local Ray (start-up excluded), then on 1 and 2 resident runners (`nas pool up`,
 warmed before the timing). Trials/hour = trials / wall.
 
+Speed-ups on this machine move by +-10% between runs (other jobs share the cores), so the
+plain processes and the resident runners run `--repeats` interleaved 1-then-2 pairs (3 in
+the full mode) and each speed-up is the median over the pairs.
+
 What the machine itself allows: the same trials through `run_trial` in 1, then 2 plain
 processes that pull them from a queue (no Ray, no database, no sampler; the processes have
 imported the trainer and loaded the data before the timing). Their speed-up is the ceiling
@@ -15,7 +19,7 @@ The controller limit comes from bench.controller (read from `results/controller.
 one driver tells at most R trials/s, so with trials of L seconds it keeps at most
 R x L workers busy (Little's law: trials in flight = arrival rate x time in system).
 
-    python -m bench.scaling [--quick] [--trials N]
+    python -m bench.scaling [--quick] [--trials N] [--repeats K]
 """
 
 from __future__ import annotations
@@ -103,19 +107,37 @@ def run_bare(specs: list[Any], workers: int, epochs: int = EPOCHS) -> dict[str, 
             "trials_per_hour": 3600 * len(done) / wall}
 
 
+def _pairs(runs: dict[int, list[dict[str, Any]]], out: dict[str, Any], prefix: str) -> float:
+    """Median over the repeats of (1-worker wall / 2-worker wall); the run of each worker
+    count whose wall is the median goes into `out` as `<prefix>_<workers>`."""
+    speedups = sorted(a["wall_s"] / b["wall_s"] for a, b in zip(runs[1], runs[2], strict=True))
+    for workers, rs in runs.items():
+        out[f"{prefix}_{workers}"] = sorted(rs, key=lambda r: r["wall_s"])[(len(rs) - 1) // 2]
+    out[f"{prefix}_speedups"] = speedups
+    return common.median(speedups)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = common.trial_count_run(
         "python -m bench.scaling", __doc__.split("\n")[0], argv,
         full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
+        extra=lambda ap: ap.add_argument(
+            "--repeats", type=int, help="1-then-2 pairs for plain processes and runners "
+            "(default 3 in the full mode, else 1)"),
     )
     n = run.trials
+    repeats = run.args.repeats or (3 if run.mode == "full" else 1)
     common.header(f"scaling: {n} short trials with 1 and 2 workers")
     specs = small_specs(n, seed=11)
-    out: dict[str, Any] = {}
-    for workers in (1, 2):
-        r = out[f"bare_workers_{workers}"] = run_bare(specs, workers)
-        print(f"   {workers} plain process(es), no orchestration: {r['trials']} trials in "
-              f"{r['wall_s']:.1f} s = {r['trials_per_hour']:.0f} trials/h", flush=True)
+    out: dict[str, Any] = {"repeats": repeats}
+    bare: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
+    for _ in range(repeats):
+        for workers in (1, 2):
+            r = run_bare(specs, workers)
+            bare[workers].append(r)
+            print(f"   {workers} plain process(es), no orchestration: {r['trials']} trials in "
+                  f"{r['wall_s']:.1f} s = {r['trials_per_hour']:.0f} trials/h", flush=True)
+    speedup_bare = _pairs(bare, out, "bare_workers")
     for workers in (1, 2):
         common.start_ray(2)
         try:
@@ -125,19 +147,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         out[f"workers_{workers}"] = _rates(r, f"{workers} worker(s), fresh Ray")
     # The same on resident runners (`nas pool up`, not timed): 1 of them, then 2.
     pool_s, address, started = common.start_pool(2)
+    pool: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     try:
-        for workers in (1, 2):
-            r = run_resnas(specs, workers=workers)
-            out[f"pool_workers_{workers}"] = _rates(r, f"{workers} resident runner(s)")
+        for _ in range(repeats):
+            for workers in (1, 2):
+                r = run_resnas(specs, workers=workers)
+                pool[workers].append(_rates(r, f"{workers} resident runner(s)"))
     finally:
         common.stop_pool(address, started)
+    speedup_pool = _pairs(pool, out, "pool_workers")
     speedup = out["workers_2"]["trials_per_hour"] / out["workers_1"]["trials_per_hour"]
     speedup_busy = (out["workers_2"]["trials_per_hour_busy_window"]
                     / out["workers_1"]["trials_per_hour_busy_window"])
-    speedup_pool = (out["pool_workers_2"]["trials_per_hour"]
-                    / out["pool_workers_1"]["trials_per_hour"])
-    speedup_bare = (out["bare_workers_2"]["trials_per_hour"]
-                    / out["bare_workers_1"]["trials_per_hour"])
     backend, rate = controller_rate()
     cluster = (
         {str(L): {"trial_s": L, "max_busy_workers": int(rate * L)} for L in TRIAL_LENGTHS_S}
