@@ -14,12 +14,12 @@ study system attributes that carry the optuna-dashboard note) in ONE transaction
 
 It also keeps a copy of each trial it created (or took from the queue) while that trial
 runs, updated by every write it makes to it, and answers `get_trial` for those from the
-copy. Optuna reads a running
-trial from the database three times between ask and tell (`Trial()`, and twice in `tell`),
-six statements each; bench/controller.py measured those reads as the largest cost per trial
-left on PostgreSQL. The copy is exact because the driver is the only writer of the trials it
-runs: `Search` refuses a study another live driver is searching, and other processes close a
-running trial only after its driver is gone. A trial leaves the copy when it finishes.
+copy. Optuna reads a running trial from the database three times between ask and tell
+(`Trial()`, and twice in `tell`), six statements each; bench/controller.py measured those
+reads as the largest cost per trial left on PostgreSQL. The copy is exact because the
+driver is the only writer of the trials it runs: `Search` refuses a study another live
+driver is searching, and other processes close a running trial only after its driver is
+gone. A trial leaves the copy when it finishes.
 
 And every `ask` first looks for an enqueued (WAITING) trial to take, which reads the study's
 new and running trials from the database (seven statements). Those trials are made by this
@@ -135,7 +135,7 @@ class BatchingStorage(_CachedStorage):
             self._own[trial_id] = trial
 
     def _own_trial(self, trial_id: int) -> optuna.trial.FrozenTrial | None:
-        """The copy of a running trial created here (call with the lock held)."""
+        """The copy of a trial running here (call with the lock held)."""
         return self._own.get(trial_id)
 
     @contextlib.contextmanager
@@ -326,8 +326,9 @@ def _write_rdb(
     backend: optuna.storages.RDBStorage, batch: TrialBatch,
     keys: tuple[set[str], set[str]] | None = None,
 ) -> None:
-    """`keys`: the user and system attribute keys the trial has in the database, where
-    known (a trial created here); only those need deleting before the insert."""
+    """`keys`: the user and system attribute keys the trial has in the database, known for
+    a trial running here (only those need deleting before the insert); None otherwise,
+    and then the trial's row is read to check it may still change."""
     trial_id = batch.trial._trial_id
     study_id = batch.trial.study._study_id
     with _create_scoped_session(backend.scoped_session, True) as session:
