@@ -182,6 +182,7 @@ class Search:
         self.progress = progress or Progress()
         self.pool: Any = None  # resident runners (nas/pool.py), when the cluster has them
         self.pool_note: str | None = None  # why the cluster's runners are not used
+        self.broker: Any = None  # this search's ReportBroker actor, while it runs
         # 1. everything a user can get wrong is checked before Ray starts.
         self.space: SearchSpace = _load_space(config.space)
         try:
@@ -416,6 +417,10 @@ class Search:
             finally:
                 if we_started_ray:
                     ray.shutdown()
+                elif self.broker is not None:
+                    # On a cluster that outlives the search (a pool, or the caller's own
+                    # Ray) the broker would stay: an idle process (~1% of a core) per search.
+                    ray.kill(self.broker, no_restart=True)
         summary = SearchSummary(
             study=self.config.study,
             storage=self.store.display_url,

@@ -125,7 +125,11 @@ def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, An
     request = dict(request)
     wait = request.pop("prunable", True)  # the Ray edge's, like "queued"; not run_trial's
     if request.pop("queued", False) and broker is not None:
-        if not ray.get(broker.claim.remote(request["key"])):
+        try:
+            claimed = ray.get(broker.claim.remote(request["key"]))
+        except ray.exceptions.RayActorError:  # the search ended (its broker with it)
+            claimed = False
+        if not claimed:
             return {"state": NOT_STARTED, "reason": NOT_STARTED}
 
     import torch

@@ -338,6 +338,31 @@ def test_grid_search_covers_the_grid_once_and_stops(ray_local, sqlite_url, tmp_p
     assert all(r.cached_from is None for r in runs)
 
 
+def test_a_search_on_a_ray_it_did_not_start_leaves_no_broker_behind(ray_local, sqlite_url):
+    import ray
+
+    from nas.search import Search
+
+    search = Search(_config(sqlite_url, "nobroker", trials=1, pruner="none",
+                            train={"epochs": 1}))
+    assert search.run().counts.get("complete") == 1
+    assert ray.is_initialized()  # the session's Ray outlives the search ...
+    with pytest.raises(ray.exceptions.RayActorError):  # ... and its broker does not
+        ray.get(search.broker.next_reports.remote(0.0), timeout=30)
+
+
+def test_a_queued_trial_whose_search_has_ended_does_not_start(ray_local):
+    import ray
+
+    from workers.ray_task import ReportBroker, _execute
+
+    broker = ReportBroker.remote()
+    ray.kill(broker, no_restart=True)
+    # No spec or recipe: had it started, run_trial would have failed on them.
+    assert _execute({"key": "k", "queued": True}, broker, 1) == {
+        "state": "not_started", "reason": "not_started"}
+
+
 def test_a_search_that_never_prunes_does_not_hold_its_workers_each_epoch(ray_local, sqlite_url):
     import ray
 
