@@ -447,6 +447,19 @@ def _print_runners(rows: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _print_broker() -> None:
+    from nas import pool
+    from workers.ray_task import code_version
+
+    _, info = pool.broker_info()
+    if info is None:
+        console.print("no report broker: each search makes its own (`nas pool up` starts one)")
+        return
+    stale = "" if info["version"] == code_version() else " [yellow](other code)[/]"
+    console.print(f"report broker: pid {info['pid']}, code {info['version']}{stale}, "
+                  f"{info['searches']} search(es) served, {info['open']} running")
+
+
 @pool_app.command("up")
 @user_errors
 def pool_up(
@@ -462,6 +475,7 @@ def pool_up(
     rows = pool.up(slots=slots, cpus=cpus_per_trial, gpus=gpus_per_trial)
     console.print(f"Ray cluster at {how}; {len(rows)} runner(s) ready")
     _print_runners(rows)
+    _print_broker()
     console.print(f"`nas search` on this machine now trains on them; from another node of the "
                   f"cluster: nas search --ray-address {how} ...", highlight=False)
 
@@ -479,6 +493,7 @@ def pool_status(ray_address: RayAddressOpt = None) -> None:
         console.print("no resident runner (start them with `nas pool up`)")
         return
     _print_runners(rows)
+    _print_broker()
     stale = sum(1 for r in rows if r["version"] != code_version())
     if stale:
         console.print(f"[yellow]{stale} runner(s) run other code than this nas; "

@@ -3,8 +3,9 @@
 A search that starts its own Ray pays, in every fresh worker process, the import of torch and
 Lightning (about 5 s per worker on this project's 2-core machine) before its first trial.
 `nas pool up` starts a Ray cluster on this machine (or joins one) and leaves one warm
-`TrialRunner` per trial slot in it; `nas search` on this machine (or with `--ray-address`
-from another node) then trains on those runners, so the imports are paid once per pool instead of once per search.
+`TrialRunner` per trial slot in it, and one `ReportBroker` the searches share; `nas search`
+on this machine (or with `--ray-address` from another node) then trains on those runners,
+so the imports are paid once per pool instead of once per search.
 
 A search uses only runners that run the same code as itself (`code_version`) and hold the
 CPUs and GPUs per trial it asks for; with none it falls back to Ray tasks and says why.
@@ -31,6 +32,7 @@ class Pool:
     """The runners one search trains on, and how many trials each has been handed."""
 
     handles: list[Any]
+    broker: Any = None  # the pool's ReportBroker, when it runs this code
     load: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,7 +126,28 @@ def find_pool(*, cpus: float, gpus: float, limit: int | None) -> tuple[Pool | No
             )
         return None, why
     good = good[:limit] if limit else good
-    return Pool([found[i][1] for i in good]), None
+    return Pool([found[i][1] for i in good], broker=_usable_broker(code_version())), None
+
+
+def broker_info(timeout_s: float = 10.0) -> tuple[Any, dict[str, Any] | None]:
+    """The pool's report broker and what it says of itself (None if there is none, or it
+    does not answer)."""
+    import ray
+
+    from workers.ray_task import pool_broker
+
+    handle = pool_broker()
+    if handle is None:
+        return None, None
+    try:
+        return handle, ray.get(handle.info.remote(), timeout=timeout_s)
+    except Exception:  # noqa: BLE001 - dead, or stuck: the search makes its own
+        return handle, None
+
+
+def _usable_broker(version: str) -> Any:
+    handle, info = broker_info()
+    return handle if info is not None and info["version"] == version else None
 
 
 # -- the CLI's side ----------------------------------------------------------------------------
@@ -171,7 +194,13 @@ def up(*, slots: int | None, cpus: float, gpus: float) -> list[dict[str, Any]]:
     """
     import ray
 
-    from workers.ray_task import RUNNER_PREFIX, code_version, start_runner
+    from workers.ray_task import (
+        BROKER_NAME,
+        RUNNER_PREFIX,
+        code_version,
+        start_broker,
+        start_runner,
+    )
 
     if cpus <= 0 and gpus <= 0:
         raise UserError("--cpus-per-trial and --gpus-per-trial are both 0; a runner needs one")
@@ -183,6 +212,11 @@ def up(*, slots: int | None, cpus: float, gpus: float) -> list[dict[str, Any]]:
     if slots < 1:
         raise UserError(f"--slots {slots}: must be >= 1")
     version = code_version()
+    broker, info = broker_info()
+    if broker is not None and (info is None or info["version"] != version):
+        ray.kill(broker, no_restart=True)
+        _wait_gone(BROKER_NAME)
+    broker = start_broker()  # ready below, while the runners start
     keep = set()
     for name, handle, info in runners():
         index = name[len(RUNNER_PREFIX):]
@@ -207,15 +241,16 @@ def up(*, slots: int | None, cpus: float, gpus: float) -> list[dict[str, Any]]:
             info = ray.get(ref)
             rows.append({"runner": f"{RUNNER_PREFIX}{refs[ref]}", **info,
                          "ready_s": 0.0 if refs[ref] in keep else time.time() - t0})
+    ray.get(broker.info.remote(), timeout=INFO_TIMEOUT_S)
     return sorted(rows, key=lambda r: r["runner"])
 
 
 def _wait_gone(name: str, timeout_s: float = 30.0) -> None:
     """A killed actor's name is freed asynchronously; wait so the name can be used again."""
-    from workers.ray_task import runner_names
+    from workers.ray_task import pool_actor_names
 
     end = time.time() + timeout_s
-    while name in runner_names() and time.time() < end:
+    while name in pool_actor_names() and time.time() < end:
         time.sleep(0.1)
 
 
@@ -225,9 +260,14 @@ def down(*, stop_ray: bool, address: str | None = None) -> tuple[int, int]:
     session's or another user's included). Returns (runners, Ray processes) stopped."""
     import ray
 
+    from workers.ray_task import pool_broker
+
     found = runners(timeout_s=5.0)
     for _, handle, _ in found:
         ray.kill(handle, no_restart=True)
+    broker = pool_broker()
+    if broker is not None:
+        ray.kill(broker, no_restart=True)
     stopped = 0
     if stop_ray:
         session = _session_dir()

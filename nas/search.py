@@ -182,7 +182,9 @@ class Search:
         self.progress = progress or Progress()
         self.pool: Any = None  # resident runners (nas/pool.py), when the cluster has them
         self.pool_note: str | None = None  # why the cluster's runners are not used
-        self.broker: Any = None  # this search's ReportBroker actor, while it runs
+        self.broker: Any = None  # the ReportBroker this search reads its epochs from
+        self._own_broker = False  # made for this search (else the pool's, shared)
+        self._channel = secrets.token_hex(8)  # this search's trial keys start with it
         # 1. everything a user can get wrong is checked before Ray starts.
         self.space: SearchSpace = _load_space(config.space)
         try:
@@ -349,8 +351,6 @@ class Search:
     def run(self) -> SearchSummary:
         import ray
 
-        from workers.ray_task import ReportBroker
-
         started = time.time()
         self.search_id = self.store.start_search(
             self.config.study, self.config.to_record(), host=socket.gethostname(), pid=os.getpid()
@@ -377,14 +377,7 @@ class Search:
             # Only a runner trains one trial at a time. A Ray task hands its CPU back while
             # it waits on the broker (each epoch), and Ray starts a queued task beside it.
             self._may_queue = self.pool is not None
-            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-            # Pin the broker to the driver's node: on another node it would die with that node.
-            self.broker = ReportBroker.options(
-                scheduling_strategy=NodeAffinitySchedulingStrategy(
-                    node_id=ray.get_runtime_context().get_node_id(), soft=False
-                )
-            ).remote()
+            self._open_broker(ray)
             self.progress.start(
                 {
                     "study": self.config.study,
@@ -415,12 +408,9 @@ class Search:
                 # Running out of budget is a normal end of a search.
                 self.store.end_search(self.search_id, "finished" if status == "budget" else status)
             finally:
+                self._close_broker(ray)
                 if we_started_ray:
                     ray.shutdown()
-                elif self.broker is not None:
-                    # On a cluster that outlives the search (a pool, or the caller's own
-                    # Ray) the broker would stay: an idle process (~1% of a core) per search.
-                    ray.kill(self.broker, no_restart=True)
         summary = SearchSummary(
             study=self.config.study,
             storage=self.store.display_url,
@@ -433,6 +423,41 @@ class Search:
         )
         self.study.set_user_attr("cached_trials", _count_cached(self.store, self.config.study))
         return summary
+
+    def _open_broker(self, ray: Any) -> None:
+        """The pool's broker when it answers, else one for this search alone."""
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        from workers.ray_task import ReportBroker
+
+        shared = self.pool.broker if self.pool is not None else None
+        if shared is not None:
+            try:
+                ray.get(shared.open.remote(self._channel), timeout=10)
+                self.broker = shared
+                return
+            except Exception:  # noqa: BLE001 - gone since the pool was found
+                pass
+        # Pin the broker to the driver's node: on another node it would die with that node.
+        self.broker = ReportBroker.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(
+                node_id=ray.get_runtime_context().get_node_id(), soft=False
+            )
+        ).remote(self._channel)
+        self._own_broker = True
+
+    def _close_broker(self, ray: Any) -> None:
+        """On a Ray that outlives the search (the caller's own), its own broker would stay,
+        an idle process (~1% of a core) per search; the pool's forgets the search's keys."""
+        if self.broker is None:
+            return
+        try:
+            if self._own_broker:
+                ray.kill(self.broker, no_restart=True)
+            else:
+                ray.get(self.broker.close.remote(self._channel), timeout=10)
+        except Exception:  # noqa: BLE001 - already gone: nothing left to free
+            pass
 
     def _slots(self, ray: Any) -> int:
         if self.config.workers:
@@ -494,7 +519,7 @@ class Search:
                 next_beat = time.time() + cfg.heartbeat_s
                 self.progress.tick(self._status(started, slots))
             if reports_ref is None:
-                reports_ref = self.broker.next_reports.remote(0.5)
+                reports_ref = self.broker.next_reports.remote(self._channel, 0.5)
             refs = [p.ref for p in self.pending.values()]
             ready, _ = ray.wait(refs + [reports_ref], num_returns=1, timeout=1.0)
             if reports_ref in ready:
@@ -661,7 +686,7 @@ class Search:
             self.waiting.setdefault(key, []).append(pending)
             return "waiting"
         self._seq += 1
-        pkey = f"{self.config.study}:{trial.number}:{self._seq}"
+        pkey = f"{self._channel}:{trial.number}:{self._seq}"
         request = {"spec": spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
         self._submit(pending, request)
         self.pending[pkey] = pending
@@ -758,7 +783,7 @@ class Search:
     def _resubmit_waiting(self, ray: Any, w: _Pending) -> None:
         """The run a duplicate was waiting for did not finish: train the duplicate itself."""
         self._seq += 1
-        pkey = f"{self.config.study}:{w.trial.number}:{self._seq}"
+        pkey = f"{self._channel}:{w.trial.number}:{self._seq}"
         request = {"spec": w.spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
         self._submit(w, request)
         self.pending[pkey] = w

@@ -26,30 +26,71 @@ from workers.results import NOT_STARTED
 
 POOL_NAMESPACE = "resnas"
 RUNNER_PREFIX = "resnas-runner-"
+BROKER_NAME = "resnas-broker"  # the pool's ReportBroker, shared by the searches on it
 
 # How long a worker waits for the owner's pruning decision before it carries on training.
 # The owner answers within milliseconds; this only matters if the owner is gone.
 DECISION_TIMEOUT_S = 120.0
 
 
+def channel_of(key: str) -> str:
+    """The search a trial key belongs to: keys are `<channel>:<anything>`."""
+    return key.split(":", 1)[0]
+
+
 @ray.remote(num_cpus=0, max_restarts=0)
 class ReportBroker:
-    """Mailbox between workers (who report epochs) and the owner (who decides pruning)."""
+    """Mailbox between workers (who report epochs) and the owners (who decide pruning).
 
-    def __init__(self) -> None:
-        self._pending: list[tuple[str, int, dict[str, Any]]] = []
+    Each search is a channel: its trial keys start with `<channel>:`, and it reads only its
+    own reports. A search on a fresh Ray makes a broker for itself; the searches on resident
+    runners share the pool's (`nas pool up` starts it), which saves each of them a fresh Ray
+    worker process, about 1 s of CPU on this project's 2-core machine (bench/README.md).
+    """
+
+    def __init__(self, channel: str | None = None) -> None:
+        """`channel`: the one search this broker serves, open from the start."""
+        self._pending: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+        self._new: dict[str, asyncio.Event] = {}
         self._decisions: dict[tuple[str, int], bool] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
-        self._new = asyncio.Event()
         self._claimed: set[str] = set()
         self._revoked: set[str] = set()
+        self._opened = 0
+        if channel is not None:
+            self._open(channel)
+
+    def _open(self, channel: str) -> None:
+        self._opened += 1
+        self._pending.setdefault(channel, [])
+        self._new.setdefault(channel, asyncio.Event())
+
+    async def open(self, channel: str) -> None:
+        """Called by a search before its first trial (and to see that the broker answers)."""
+        self._open(channel)
+
+    async def close(self, channel: str) -> None:
+        """Called by a search when it ends: forget its keys, and tell any worker still
+        waiting for one of its decisions to stop."""
+        self._pending.pop(channel, None)
+        self._new.pop(channel, None)
+        mine = [k for k in self._events if channel_of(k[0]) == channel]
+        for k in mine:
+            self._decisions[k] = True
+            self._events[k].set()
+        self._claimed = {k for k in self._claimed if channel_of(k) != channel}
+        self._revoked = {k for k in self._revoked if channel_of(k) != channel}
+
+    def info(self) -> dict[str, Any]:
+        return {"version": code_version(), "pid": os.getpid(), "searches": self._opened,
+                "open": len(self._new)}
 
     # A queued trial (handed out before a worker was free, so that the worker starts it the
     # moment it is) claims its start here; the owner can revoke the ones not started yet.
     # Both run without an await in between, so exactly one of them wins for each key.
     async def claim(self, key: str) -> bool:
         """Called by a worker before it starts a queued trial: False means do not start it."""
-        if key in self._revoked:
+        if key in self._revoked or channel_of(key) not in self._new:  # or its search ended
             self._revoked.discard(key)
             return False
         self._claimed.add(key)
@@ -61,12 +102,20 @@ class ReportBroker:
         self._revoked.update(revoked)
         return revoked
 
+    def _add(self, key: str, epoch: int, metrics: dict[str, Any]) -> bool:
+        channel = channel_of(key)
+        if channel not in self._new:  # its search has ended: nobody will read it
+            return False
+        self._pending[channel].append((key, epoch, metrics))
+        self._new[channel].set()
+        return True
+
     async def report(self, key: str, epoch: int, metrics: dict[str, Any]) -> bool:
         """Called by a worker after each epoch; returns True when the trial must stop."""
+        if not self._add(key, epoch, metrics):
+            return True
         event = asyncio.Event()
         self._events[(key, epoch)] = event
-        self._pending.append((key, epoch, metrics))
-        self._new.set()
         try:
             await asyncio.wait_for(event.wait(), timeout=DECISION_TIMEOUT_S)
         except asyncio.TimeoutError:
@@ -77,18 +126,25 @@ class ReportBroker:
 
     async def post(self, key: str, epoch: int, metrics: dict[str, Any]) -> None:
         """Called by a worker of a search that never prunes: the epoch, without waiting."""
-        self._pending.append((key, epoch, metrics))
-        self._new.set()
+        self._add(key, epoch, metrics)
 
-    async def next_reports(self, timeout: float) -> list[tuple[str, int, dict[str, Any]]]:
-        """Called by the owner: waits until at least one report is pending (or `timeout`)."""
-        if not self._pending:
-            self._new.clear()
+    async def next_reports(
+        self, channel: str, timeout: float
+    ) -> list[tuple[str, int, dict[str, Any]]]:
+        """Called by an owner: waits until at least one report of its channel is pending (or
+        `timeout`)."""
+        new = self._new.get(channel)
+        if new is None:
+            return []
+        if not self._pending[channel]:
+            new.clear()
             try:
-                await asyncio.wait_for(self._new.wait(), timeout=timeout)
+                await asyncio.wait_for(new.wait(), timeout=timeout)
             except asyncio.TimeoutError:
                 pass
-        pending, self._pending = self._pending, []
+        pending = self._pending.get(channel, [])
+        if pending:
+            self._pending[channel] = []
         return pending
 
     async def decide(self, decisions: list[tuple[str, int, bool]]) -> None:
@@ -214,12 +270,15 @@ class TrialRunner:
         return _execute(request, broker, self._threads)
 
 
+def pool_actor_names() -> list[str]:
+    """Names of the pool's actors (runners and broker) on the connected cluster."""
+    return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
+            if a.get("namespace") == POOL_NAMESPACE]
+
+
 def runner_names() -> list[str]:
     """Names of the resident runners on the connected cluster, in order."""
-    names = [
-        a["name"] for a in ray.util.list_named_actors(all_namespaces=True)
-        if a.get("namespace") == POOL_NAMESPACE and a["name"].startswith(RUNNER_PREFIX)
-    ]
+    names = [n for n in pool_actor_names() if n.startswith(RUNNER_PREFIX)]
     return sorted(names, key=lambda n: int(n[len(RUNNER_PREFIX):]) if n[len(RUNNER_PREFIX):].isdigit() else 1 << 30)
 
 
@@ -235,3 +294,22 @@ def start_runner(index: int, *, num_cpus: float, num_gpus: float) -> Any:
         get_if_exists=True, num_cpus=num_cpus, num_gpus=num_gpus,
         runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
     ).remote(num_cpus, num_gpus)
+
+
+def start_broker() -> Any:
+    """Create (or find) the pool's report broker, on this node; it lives as the runners do."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return ReportBroker.options(
+        name=BROKER_NAME, namespace=POOL_NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=NodeAffinitySchedulingStrategy(
+            node_id=ray.get_runtime_context().get_node_id(), soft=False),
+    ).remote()
+
+
+def pool_broker() -> Any:
+    """The pool's report broker on the connected cluster, or None."""
+    try:
+        return ray.get_actor(BROKER_NAME, namespace=POOL_NAMESPACE)
+    except ValueError:
+        return None

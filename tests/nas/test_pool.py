@@ -94,6 +94,9 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
         pids = {int(line.split()[1]) for line in status.stdout.splitlines()
                 if line.strip().startswith("resnas-runner-")}
         assert len(pids) == 2
+        broker = [line for line in status.stdout.splitlines() if "report broker: pid" in line]
+        assert broker and "0 search(es) served" in broker[0], status.stdout
+        broker_pid = int(broker[0].split("pid ")[1].split(",")[0])
 
         for study in ("warm1", "warm2"):
             done = _nas("search", "--study", study, "--storage", url, "--trials", "3",
@@ -109,6 +112,10 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
         again = _nas("pool", "status", env=env)
         assert {int(line.split()[1]) for line in again.stdout.splitlines()
                 if line.strip().startswith("resnas-runner-")} == pids
+        # Both searches read their epochs from the pool's broker (no process of their own),
+        # and closed their channel on it when they ended.
+        assert f"report broker: pid {broker_pid}," in again.stdout
+        assert "2 search(es) served, 0 running" in again.stdout
 
         # A search that asks for other resources than the runners hold gets a clear error
         # (the runners hold every CPU, so its trials could never start) and exit code 2.

@@ -348,7 +348,7 @@ def test_a_search_on_a_ray_it_did_not_start_leaves_no_broker_behind(ray_local, s
     assert search.run().counts.get("complete") == 1
     assert ray.is_initialized()  # the session's Ray outlives the search ...
     with pytest.raises(ray.exceptions.RayActorError):  # ... and its broker does not
-        ray.get(search.broker.next_reports.remote(0.0), timeout=30)
+        ray.get(search.broker.info.remote(), timeout=30)
 
 
 def test_a_queued_trial_whose_search_has_ended_does_not_start(ray_local):
@@ -363,6 +363,32 @@ def test_a_queued_trial_whose_search_has_ended_does_not_start(ray_local):
         "state": "not_started", "reason": "not_started"}
 
 
+def test_searches_sharing_a_broker_read_only_their_own_reports(ray_local):
+    import ray
+
+    from workers.ray_task import ReportBroker
+
+    broker = ReportBroker.remote()
+    ray.get([broker.open.remote("a"), broker.open.remote("b")])
+    ray.get([broker.post.remote("a:1:1", 1, {"n": 1}), broker.post.remote("b:7:1", 1, {"n": 2})])
+    assert ray.get(broker.next_reports.remote("a", 5.0)) == [("a:1:1", 1, {"n": 1})]
+    assert ray.get(broker.next_reports.remote("b", 5.0)) == [("b:7:1", 1, {"n": 2})]
+    assert ray.get(broker.next_reports.remote("a", 0.1)) == []
+
+    # "a" ends while one of its workers waits for a decision and another has a queued
+    # trial: the waiting one is told to stop, the queued one never starts, and b goes on.
+    waiting = broker.report.remote("a:2:2", 1, {"n": 3})
+    assert ray.get(broker.next_reports.remote("a", 5.0))[0][0] == "a:2:2"
+    ray.get(broker.close.remote("a"))
+    assert ray.get(waiting, timeout=30) is True
+    assert ray.get(broker.claim.remote("a:3:3")) is False
+    assert ray.get(broker.claim.remote("b:8:2")) is True
+    assert ray.get(broker.next_reports.remote("a", 0.1)) == []
+    info = ray.get(broker.info.remote())
+    assert (info["searches"], info["open"]) == (2, 1)
+    ray.kill(broker)
+
+
 def test_a_search_that_never_prunes_does_not_hold_its_workers_each_epoch(ray_local, sqlite_url):
     import ray
 
@@ -370,10 +396,10 @@ def test_a_search_that_never_prunes_does_not_hold_its_workers_each_epoch(ray_loc
 
     # The worker posts the epoch and trains on: no owner ever answers here, and a reporter
     # that waited would block for DECISION_TIMEOUT_S (minutes).
-    broker = ReportBroker.remote()
-    assert BrokerReporter(broker, "k", wait=False).report(1, {"val_accuracy": 0.5}) is False
-    (key, epoch, metrics), = ray.get(broker.next_reports.remote(5.0))
-    assert (key, epoch, metrics["val_accuracy"]) == ("k", 1, 0.5)
+    broker = ReportBroker.remote("c")
+    assert BrokerReporter(broker, "c:k", wait=False).report(1, {"val_accuracy": 0.5}) is False
+    (key, epoch, metrics), = ray.get(broker.next_reports.remote("c", 5.0))
+    assert (key, epoch, metrics["val_accuracy"]) == ("c:k", 1, 0.5)
 
     # The epochs still reach the study: every trial has its learning curve.
     run_search(_config(sqlite_url, "curves", trials=2, pruner="none", train={"epochs": 2}))
