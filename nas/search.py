@@ -654,8 +654,8 @@ class Search:
                                  if k.startswith(CONSTRAINTS_KEY))
                 if infeasible:
                     batch.user_attrs["infeasible"] = True
-                note = dashboard_note(trial, stage_markdown(spec, cost.params, cost.flops))
-                batch.study_system_attrs.update(note or {})
+                batch.study_system_attrs.update(
+                    dashboard_note(trial, stage_markdown(spec, cost.params, cost.flops)))
         if spec is None:
             tell(self.study, trial, state=TrialState.FAIL)
             self.counts["failed"] += 1

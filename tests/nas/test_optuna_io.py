@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -51,7 +54,7 @@ def test_batch_writes_params_and_attrs_in_one_commit(storage_url):
         _suggest(trial)
         batch.user_attrs.update({"arch_id": "abc", "params": 123})
         batch.system_attrs["constraints:params"] = -5.0
-        batch.study_system_attrs.update(dashboard_note(trial, "**note**") or {})
+        batch.study_system_attrs.update(dashboard_note(trial, "**note**"))
         assert commits[0] == 0  # nothing written while the block runs
     assert commits[0] == 1
 
@@ -286,3 +289,23 @@ def test_ask_looks_for_enqueued_trials_only_when_there_can_be_some(sqlite_url, m
     monkeypatch.setattr(optuna_io, "WAITING_POLL_S", 0.0)
     trial = study.ask()
     assert trial.suggest_int("depth", 1, 8) == 5
+
+
+def test_a_long_note_reads_back_whole_in_the_dashboard_without_importing_it(sqlite_url):
+    study, storage = _study(sqlite_url)
+    trial = study.ask()
+    body = "| stage | blocks |\n" + "".join(f"| {i} | basic |\n" for i in range(400))
+    assert len(body) > 2 * 2045  # three chunks
+    with storage.batch(trial) as batch:
+        batch.study_system_attrs.update(dashboard_note(trial, body))
+    from optuna_dashboard import get_note
+
+    assert get_note(trial) == body
+
+    # The driver writes notes without the dashboard package, which loads scikit-learn and
+    # SciPy (seconds before a search's first trial).
+    code = ("import sys; from types import SimpleNamespace; from nas.optuna_io import "
+            "dashboard_note; dashboard_note(SimpleNamespace(_trial_id=1), 'x'); "
+            "print(sorted(m for m in ('optuna_dashboard', 'sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
