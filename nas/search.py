@@ -238,6 +238,8 @@ class Search:
         self._durations: list[float] = []  # seconds of this run's trained trials
         self._revoked: set[str] = set()
         self._may_queue = False
+        self._tail = False  # the last trials: queued ones claim their start (see _fill)
+        self._stolen = 0  # queued trials moved to a free runner (_steal)
         self._analyzed = 0  # how many of ANALYZE_AT this run has passed
         self._prunes = self.mo_pruner is not None or (
             self.pruner_name != "none" and not config.multi_objective
@@ -538,6 +540,8 @@ class Search:
                 if self._fill(accounted, slots, deadline, budget_s, settling=len(landed_trials)):
                     status = "budget"
                     self._revoke_queued(ray)
+                elif self.pool is not None:
+                    self._steal(ray)
                 for p in landed_trials:
                     self._finish(ray, p)
         if self.pending:  # pragma: no cover - defensive
@@ -559,9 +563,13 @@ class Search:
             left = self.config.trials - (accounted + self.counts_done() + outstanding + settling)
             # The last `slots` trials go to free workers only: queued behind a busy one, a
             # last trial could start after the other workers have run out of work.
-            room = slots * self._prefetch_depth() if left > slots else 0
+            depth = self._prefetch_depth()
+            room = slots * depth if left > slots else 0
             if left <= 0 or len(self.pending) >= slots + room:
                 break
+            # Near the end a trial queued behind a long one could start after the other
+            # runners have run dry: those claim their start, so that one can be moved (_steal).
+            self._tail = left <= slots * (depth + 2)
             if self._propose() == "infeasible":
                 self._infeasible_streak += 1
                 if self._infeasible_streak >= MAX_CONSECUTIVE_INFEASIBLE:
@@ -580,6 +588,21 @@ class Search:
             return self.config.prefetch
         recent = sorted(self._durations[-20:])
         return int(not recent or recent[len(recent) // 2] < PREFETCH_BELOW_S)
+
+    def _steal(self, ray: Any) -> None:
+        """A runner with nothing to do takes over a trial queued behind a busy one (when
+        there is no new trial to give it): revoked there, handed to the free runner."""
+        idle = [i for i, n in enumerate(self.pool.load) if n == 0]
+        stuck = [(k, p) for k, p in self.pending.items()
+                 if p.queued and k not in self._revoked and self.pool.load[p.runner] > 1]
+        for key, p in stuck[:len(idle)]:
+            if not ray.get(self.broker.revoke.remote([key])):
+                continue  # it has just started where it was
+            self._revoked.add(key)
+            del self.pending[key]
+            self.pool.release(p.runner)
+            self._resubmit(p)  # to the least busy runner: an idle one
+            self._stolen += 1
 
     def _revoke_queued(self, ray: Any) -> None:
         """The search stops proposing: queued trials that have not started never will (their
@@ -738,7 +761,7 @@ class Search:
             reason = f"worker_lost: {type(exc).__name__}"
             self._record_lost(p, reason)
             for w in self.waiting.pop(p.key, []):
-                self._resubmit_waiting(ray, w)
+                self._resubmit(w)
             return
         if result.get("state") == NOT_STARTED:
             for q in (p, *self.waiting.pop(p.key, [])):
@@ -749,7 +772,7 @@ class Search:
             if run.state in ("complete", "pruned") or run.reason in ("nan_loss",):
                 self._answer_from(w, run)
             else:
-                self._resubmit_waiting(ray, w)
+                self._resubmit(w)
 
     def _close_not_started(self, p: _Pending) -> None:
         """A queued trial the search revoked before it began: failed in Optuna (a trial
@@ -766,8 +789,8 @@ class Search:
         its start from the broker, so that the search can revoke it when the budget runs
         out; without one it is within --trials and always runs (the claim is a round trip
         a trial: ~8 ms on a busy 2-core machine)."""
-        budgeted = bool(self.config.timeout or self.config.max_compute_hours)
-        p.queued = request["queued"] = budgeted and len(self.pending) >= self.slots
+        claims = self._tail or bool(self.config.timeout or self.config.max_compute_hours)
+        p.queued = request["queued"] = claims and len(self.pending) >= self.slots
         if not self._prunes:  # nobody decides "stop": the worker need not wait each epoch
             request["prunable"] = False
         if self.pool is not None:
@@ -780,8 +803,9 @@ class Search:
             num_gpus=self.config.gpus_per_trial,
         )
 
-    def _resubmit_waiting(self, ray: Any, w: _Pending) -> None:
-        """The run a duplicate was waiting for did not finish: train the duplicate itself."""
+    def _resubmit(self, w: _Pending) -> None:
+        """Submit `w` again under a new key: a duplicate whose original did not finish, or a
+        queued trial moved to a free runner."""
         self._seq += 1
         pkey = f"{self._channel}:{w.trial.number}:{self._seq}"
         request = {"spec": w.spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}

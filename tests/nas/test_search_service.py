@@ -257,6 +257,27 @@ def test_a_busy_runner_gets_its_next_trial_queued_but_never_the_last_ones(runner
     assert third > 0
 
 
+def test_a_free_runner_takes_over_a_trial_queued_behind_a_long_one(runners, sqlite_url):
+    # Trial 0 is long, the others short. Trial 2 queues behind trial 0 (both runners are
+    # busy; the first is the least busy). When the other runner has trained trial 1, the
+    # last two trials may not queue and trial 2 holds the other slot: that runner would
+    # idle until trial 0 ends. Trial 2 moves to it instead.
+    from nas.search import Search
+
+    search = Search(_config(sqlite_url, "steal", trials=5, prefetch=1, space="skip-ablation",
+                            sampler="random", pruner="none", train={"epochs": 1},
+                            enqueue=("resnet56", "resnet20", "plain20", "resnet32", "plain56")))
+    assert sum(search.run().counts.values()) == 5
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("steal")}
+    assert [runs[n].state for n in range(5)] == ["complete"] * 5
+    pid = {n: r.extra["worker_pid"] for n, r in runs.items()}
+    assert pid[2] == pid[1] != pid[0]
+    assert runs[2].started < runs[0].finished
+    assert search._stolen == 1
+    # The trial moved was told once: no "not started" trial, nothing trained twice.
+    assert len(_optuna_trials(sqlite_url, "steal")) == 5
+
+
 def test_enqueued_architectures_run_first_once_each(ray_local, sqlite_url):
     from dataclasses import replace
 
