@@ -32,7 +32,7 @@ class Pool:
     """The runners one search trains on, and how many trials each has been handed."""
 
     handles: list[Any]
-    broker: Any = None  # the pool's ReportBroker, when it runs this code
+    broker: Any = None  # the pool's ReportBroker, if it has one
     load: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -126,7 +126,9 @@ def find_pool(*, cpus: float, gpus: float, limit: int | None) -> tuple[Pool | No
             )
         return None, why
     good = good[:limit] if limit else good
-    return Pool([found[i][1] for i in good], broker=_usable_broker(code_version())), None
+    from workers.ray_task import pool_broker
+
+    return Pool([found[i][1] for i in good], broker=pool_broker()), None
 
 
 def broker_info(timeout_s: float = 10.0) -> tuple[Any, dict[str, Any] | None]:
@@ -143,11 +145,6 @@ def broker_info(timeout_s: float = 10.0) -> tuple[Any, dict[str, Any] | None]:
         return handle, ray.get(handle.info.remote(), timeout=timeout_s)
     except Exception:  # noqa: BLE001 - dead, or stuck: the search makes its own
         return handle, None
-
-
-def _usable_broker(version: str) -> Any:
-    handle, info = broker_info()
-    return handle if info is not None and info["version"] == version else None
 
 
 # -- the CLI's side ----------------------------------------------------------------------------

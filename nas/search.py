@@ -430,14 +430,15 @@ class Search:
         """The pool's broker when it answers, else one for this search alone."""
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-        from workers.ray_task import ReportBroker
+        from workers.ray_task import ReportBroker, code_version
 
         shared = self.pool.broker if self.pool is not None else None
         if shared is not None:
-            try:
-                ray.get(shared.open.remote(self._channel), timeout=10)
-                self.broker = shared
-                return
+            try:  # one round trip: opens the channel and says which code the broker runs
+                if ray.get(shared.open.remote(self._channel), timeout=10) == code_version():
+                    self.broker = shared
+                    return
+                shared.close.remote(self._channel)  # older code (`nas pool up` renews it)
             except Exception:  # noqa: BLE001 - gone since the pool was found
                 pass
         # Pin the broker to the driver's node: on another node it would die with that node.

@@ -65,9 +65,11 @@ class ReportBroker:
         self._pending.setdefault(channel, [])
         self._new.setdefault(channel, asyncio.Event())
 
-    async def open(self, channel: str) -> None:
-        """Called by a search before its first trial (and to see that the broker answers)."""
+    async def open(self, channel: str) -> str:
+        """Called by a search before its first trial; returns the code version the broker
+        runs (the search uses it only if it runs the same)."""
         self._open(channel)
+        return code_version()
 
     async def close(self, channel: str) -> None:
         """Called by a search when it ends: forget its keys, and tell any worker still

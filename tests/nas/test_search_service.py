@@ -223,9 +223,10 @@ def runners(ray_local):
 
 def test_queued_trials_not_started_when_the_time_is_up_never_start(runners, sqlite_url):
     # Two runners with two trials queued behind each; the time is up while the first two
-    # train.
-    late = dict(workers=2, pruner="none", train={"epochs": 8})
-    summary = run_search(_config(sqlite_url, "late", trials=10, prefetch=2, timeout=0.5, **late))
+    # train. (The time counts from the search's start, which on a loaded machine has taken
+    # most of 0.5 s before the first trial: finding the runners and opening the broker.)
+    late = dict(workers=2, pruner="none", train={"epochs": 12})
+    summary = run_search(_config(sqlite_url, "late", trials=10, prefetch=2, timeout=2.0, **late))
     assert summary.status == "budget"
     assert sum(summary.counts.values()) == 2
     trials = _optuna_trials(sqlite_url, "late")
