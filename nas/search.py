@@ -602,7 +602,7 @@ class Search:
             self._revoked.add(key)
             del self.pending[key]
             self.pool.release(p.runner)
-            self._resubmit(p)  # to the least busy runner: an idle one
+            self._start(p)  # to the least busy runner: an idle one
             self._stolen += 1
 
     def _revoke_queued(self, ray: Any) -> None:
@@ -709,12 +709,7 @@ class Search:
         if key in self.inflight_keys:
             self.waiting.setdefault(key, []).append(pending)
             return "waiting"
-        self._seq += 1
-        pkey = f"{self._channel}:{trial.number}:{self._seq}"
-        request = {"spec": spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
-        self._submit(pending, request)
-        self.pending[pkey] = pending
-        self.inflight_keys[key] = pkey
+        self._start(pending)
         return "submitted"
 
     def _values(self, accuracy: float, p: _Pending, latency: float | None) -> list[float]:
@@ -762,7 +757,7 @@ class Search:
             reason = f"worker_lost: {type(exc).__name__}"
             self._record_lost(p, reason)
             for w in self.waiting.pop(p.key, []):
-                self._resubmit(w)
+                self._start(w)
             return
         if result.get("state") == NOT_STARTED:
             for q in (p, *self.waiting.pop(p.key, [])):
@@ -773,7 +768,7 @@ class Search:
             if run.state in ("complete", "pruned") or run.reason in ("nan_loss",):
                 self._answer_from(w, run)
             else:
-                self._resubmit(w)
+                self._start(w)
 
     def _close_not_started(self, p: _Pending) -> None:
         """A queued trial the search revoked before it began: failed in Optuna (a trial
@@ -804,9 +799,9 @@ class Search:
             num_gpus=self.config.gpus_per_trial,
         )
 
-    def _resubmit(self, w: _Pending) -> None:
-        """Submit `w` again under a new key: a duplicate whose original did not finish, or a
-        queued trial moved to a free runner."""
+    def _start(self, w: _Pending) -> None:
+        """Submit `w` under a new key: a new trial, a duplicate whose original did not
+        finish, or a queued trial moved to a free runner."""
         self._seq += 1
         pkey = f"{self._channel}:{w.trial.number}:{self._seq}"
         request = {"spec": w.spec.to_dict(), "config": self.recipe.to_dict(), "key": pkey}
