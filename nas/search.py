@@ -428,9 +428,7 @@ class Search:
 
     def _open_broker(self, ray: Any) -> None:
         """The pool's broker when it answers, else one for this search alone."""
-        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-        from workers.ray_task import ReportBroker, code_version
+        from workers.ray_task import ReportBroker, code_version, on_this_node
 
         shared = self.pool.broker if self.pool is not None else None
         if shared is not None:
@@ -441,12 +439,7 @@ class Search:
                 shared.close.remote(self._channel)  # older code (`nas pool up` renews it)
             except Exception:  # noqa: BLE001 - gone since the pool was found
                 pass
-        # Pin the broker to the driver's node: on another node it would die with that node.
-        self.broker = ReportBroker.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(
-                node_id=ray.get_runtime_context().get_node_id(), soft=False
-            )
-        ).remote(self._channel)
+        self.broker = ReportBroker.options(scheduling_strategy=on_this_node()).remote(self._channel)
         self._own_broker = True
 
     def _close_broker(self, ray: Any) -> None:

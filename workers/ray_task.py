@@ -298,14 +298,20 @@ def start_runner(index: int, *, num_cpus: float, num_gpus: float) -> Any:
     ).remote(num_cpus, num_gpus)
 
 
-def start_broker() -> Any:
-    """Create (or find) the pool's report broker, on this node; it lives as the runners do."""
+def on_this_node() -> Any:
+    """Ray's scheduling strategy for an actor pinned to the caller's node (a broker placed on
+    another node would die with that node)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(),
+                                          soft=False)
+
+
+def start_broker() -> Any:
+    """Create (or find) the pool's report broker, on this node; it lives as the runners do."""
     return ReportBroker.options(
         name=BROKER_NAME, namespace=POOL_NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(
-            node_id=ray.get_runtime_context().get_node_id(), soft=False),
+        scheduling_strategy=on_this_node(),
     ).remote()
 
 
