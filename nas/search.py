@@ -586,17 +586,23 @@ class Search:
     def _steal(self, ray: Any) -> None:
         """A runner with nothing to do takes over a trial queued behind a busy one (when
         there is no new trial to give it): revoked there, handed to the free runner."""
-        idle = [i for i, n in enumerate(self.pool.load) if n == 0]
-        stuck = [(k, p) for k, p in self.pending.items()
-                 if p.queued and k not in self._revoked and self.pool.load[p.runner] > 1]
-        for key, p in stuck[:len(idle)]:
+        idle = sum(1 for n in self.pool.load if n == 0)
+        # From the back of the lines: a trial queued earlier may be the one its runner has
+        # started since (it keeps its `queued` mark), and its revoke would fail.
+        for key, p in reversed(list(self.pending.items())):
+            if not idle:
+                break
+            if not p.queued or key in self._revoked or self.pool.load[p.runner] < 2:
+                continue
             if not ray.get(self.broker.revoke.remote([key])):
-                continue  # it has just started where it was
+                p.queued = False  # it has started where it was: not asked again
+                continue
             self._revoked.add(key)
             del self.pending[key]
             self.pool.release(p.runner)
             self._start(p)  # to the least busy runner: an idle one
             self._stolen += 1
+            idle -= 1
 
     def _revoke_queued(self, ray: Any) -> None:
         """The search stops proposing: queued trials that have not started never will (their

@@ -279,6 +279,40 @@ def test_a_free_runner_takes_over_a_trial_queued_behind_a_long_one(runners, sqli
     assert len(_optuna_trials(sqlite_url, "steal")) == 5
 
 
+def test_a_free_runner_takes_the_trial_at_the_back_of_a_busy_runners_line(runners, sqlite_url, tmp_path):
+    # Runner 0 trains trial 0 (short), then trial 2 (long), which it had queued; trial 4 is
+    # queued behind trial 2. Runner 1 trains 1 and 3, then has nothing to do, and the last
+    # two trials may not queue. Trial 2 still carries its queued mark, but it has started:
+    # the trial to move is trial 4, at the back of runner 0's line.
+    import json
+    from dataclasses import replace
+
+    from nas.search import Search
+    from search_spaces import zoo
+
+    def arch(depth: int, skip: str) -> str:  # blocks per stage: compute grows with depth
+        base = zoo.get("resnet20")
+        spec = replace(base, name=None, stages=tuple(replace(s, depth=depth, skip=skip) for s in base.stages))
+        path = tmp_path / f"d{depth}-{skip}.json"
+        path.write_text(json.dumps({"spec": spec.to_dict()}))
+        return str(path)
+
+    order = [(1, "identity"), (3, "none"), (9, "identity"), (1, "none"), (5, "identity"),
+             (3, "identity"), (1, "gated")]
+    search = Search(_config(sqlite_url, "steal-back", trials=7, prefetch=1, space="skip-ablation",
+                            sampler="random", pruner="none", train={"epochs": 1},
+                            enqueue=tuple(arch(d, k) for d, k in order)))
+    assert sum(search.run().counts.values()) == 7
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("steal-back")}
+    assert [runs[n].state for n in range(7)] == ["complete"] * 7
+    pid = {n: r.extra["worker_pid"] for n, r in runs.items()}
+    assert pid[0] == pid[2] != pid[1] == pid[3]
+    assert pid[4] == pid[1]
+    assert runs[4].started < runs[2].finished
+    assert search._stolen == 1
+    assert len(_optuna_trials(sqlite_url, "steal-back")) == 7
+
+
 def test_enqueued_architectures_run_first_once_each(ray_local, sqlite_url):
     from dataclasses import replace
 
