@@ -73,8 +73,11 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
                          f"{_f(r['utilisation_busy_window'])} vs Ray Tune "
                          f"{_f(t['utilisation_busy_window'])}", "", ""))
         if p := d.get("resnas_pool"):
+            runs = p.get("utilisations") or [p["utilisation"]]
+            of = (f" (median of {len(runs)} runs: {', '.join(_f(u) for u in runs)})"
+                  if len(runs) > 1 else "")
             rows.append(("overhead on resident runners (`nas pool up`, not timed)",
-                         f"utilisation resnas {_f(p['utilisation'])}; first trial after "
+                         f"utilisation resnas {_f(p['utilisation'])}{of}; first trial after "
                          f"{_f(p['startup_s'], '{:.1f}')} s; wall Tune/resnas "
                          f"{_f(t['wall_s'] / p['wall_s'])}x", "resnas >= 0.95",
                          _goal(d["goals"]["resnas_pool_utilisation_ge_0.95"])))
