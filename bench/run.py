@@ -37,6 +37,9 @@ def _goal(met: Any) -> str:
     return "-" if met is None else ("met" if met else "**not met**")
 
 
+U = "{:.3f}"  # utilisation: its goal (0.95) sits within a rounding step of the figures
+
+
 def summary_rows() -> list[tuple[str, str, str, str]]:
     """(benchmark, figure, goal, met) rows from whatever results exist."""
     rows = []
@@ -64,7 +67,7 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
     if d := _load("overhead"):
         r, t = d["resnas"], d["ray_tune"]
         rows.append((f"overhead ({d['trials']} trials x {d['epochs']} epochs, 2 workers, Ray start-up out)",
-                     f"utilisation resnas {_f(r['utilisation'])} vs Ray Tune {_f(t['utilisation'])}; "
+                     f"utilisation resnas {_f(r['utilisation'], U)} vs Ray Tune {_f(t['utilisation'], U)}; "
                      f"wall Tune/resnas {_f(d['wall_ratio_tune_over_resnas'])}x",
                      "resnas >= 0.95", _goal(d["goals"]["resnas_utilisation_ge_0.95"])))
         if "utilisation_busy_window" in r:
@@ -74,16 +77,16 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
                          f"{_f(t['utilisation_busy_window'])}", "", ""))
         if p := d.get("resnas_pool"):
             runs = p.get("utilisations") or [p["utilisation"]]
-            of = (f" (median of {len(runs)} runs: {', '.join(_f(u) for u in runs)})"
+            of = (f" (median of {len(runs)} runs: {', '.join(_f(u, U) for u in runs)})"
                   if len(runs) > 1 else "")
             rows.append(("overhead on resident runners (`nas pool up`, not timed)",
-                         f"utilisation resnas {_f(p['utilisation'])}{of}; first trial after "
+                         f"utilisation resnas {_f(p['utilisation'], U)}{of}; first trial after "
                          f"{_f(p['startup_s'], '{:.1f}')} s; wall Tune/resnas "
                          f"{_f(t['wall_s'] / p['wall_s'])}x", "resnas >= 0.95",
                          _goal(d["goals"]["resnas_pool_utilisation_ge_0.95"])))
             if "utilisation_ideal" in p:
                 rows.append(("overhead: a scheduler that costs nothing",
-                             f"utilisation {_f(p['utilisation_ideal'])} with the pool run's trial "
+                             f"utilisation {_f(p['utilisation_ideal'], U)} with the pool run's trial "
                              f"times (each to the first free worker): resnas reaches "
                              f"{_f(p['utilisation'] / p['utilisation_ideal'])} of it", "", ""))
     if d := _load("controller"):
