@@ -192,12 +192,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             )
     finally:
         common.stop_pool(address, started)
-    pool_runs.sort(key=lambda r: r["utilisation"])
     out["resnas_pool"] = {
-        **pool_runs[(len(pool_runs) - 1) // 2],
+        **common.median_run(pool_runs, "utilisation"),
         "pool_start_s_excluded": pool_s,
         "repeats": repeats,
-        "utilisations": [r["utilisation"] for r in pool_runs],
+        "utilisations": sorted(r["utilisation"] for r in pool_runs),
     }
     mine, tune_ = out["resnas"], out["ray_tune"]
     data = {

@@ -112,7 +112,7 @@ def _pairs(runs: dict[int, list[dict[str, Any]]], out: dict[str, Any], prefix: s
     count whose wall is the median goes into `out` as `<prefix>_<workers>`."""
     speedups = sorted(a["wall_s"] / b["wall_s"] for a, b in zip(runs[1], runs[2], strict=True))
     for workers, rs in runs.items():
-        out[f"{prefix}_{workers}"] = sorted(rs, key=lambda r: r["wall_s"])[(len(rs) - 1) // 2]
+        out[f"{prefix}_{workers}"] = common.median_run(rs, "wall_s")
     out[f"{prefix}_speedups"] = speedups
     return common.median(speedups)
 
