@@ -144,11 +144,31 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     elif real.startswith("sqlite"):
         engine_kwargs["connect_args"] = {"timeout": 30}
     try:
-        return optuna.storages.RDBStorage(real, engine_kwargs=engine_kwargs)
+        # Optuna stamps a new database with its own schema head, then checks the schema
+        # against that same head: on a new SQLite file the check cannot fail, and it loads
+        # Optuna's migration scripts once more (~33 ms of the ~100 ms a new storage takes).
+        return optuna.storages.RDBStorage(
+            real, engine_kwargs=engine_kwargs, skip_compatibility_check=new_sqlite_file(real)
+        )
     except Exception as exc:  # noqa: BLE001 - Optuna wraps driver errors in many types
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         first = first.replace(real, mask_url(real))
         raise UserError(f"cannot open the storage at {mask_url(url)}: {first}") from None
+
+
+def new_sqlite_file(url: str) -> bool:
+    """Whether `url` is an SQLite database file that does not exist yet, or is empty."""
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
+        return False  # a `file:` URI may name an existing file under another spelling
+    if parsed.database in (None, "", ":memory:"):
+        return True
+    path = Path(parsed.database)
+    return not path.exists() or path.stat().st_size == 0
 
 
 def resolve_architecture(ref: str, *, in_channels: int, num_classes: int) -> ArchitectureSpec:

@@ -309,3 +309,32 @@ def test_a_long_note_reads_back_whole_in_the_dashboard_without_importing_it(sqli
             "print(sorted(m for m in ('optuna_dashboard', 'sklearn', 'scipy') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_new_sqlite_file_skips_optunas_schema_check_and_an_old_schema_still_fails(tmp_path):
+    """Optuna's check compares the schema with the head it has just stamped on a new file:
+    it is skipped there, and only there. An existing database with an older Optuna schema
+    still gets Optuna's message, through a UserError."""
+    from nas.errors import UserError
+    from nas.search import new_sqlite_file
+
+    path = tmp_path / "new.db"
+    url = f"sqlite:///{path}"
+    assert open_storage(url).skip_compatibility_check is True
+    optuna.create_study(study_name="io", storage=open_storage(url))
+    reopened = open_storage(url)
+    assert reopened.skip_compatibility_check is False
+    assert [s.study_name for s in reopened.get_all_studies()] == ["io"]
+
+    (tmp_path / "empty.db").touch()
+    assert new_sqlite_file(f"sqlite:///{tmp_path / 'empty.db'}")
+    assert new_sqlite_file("sqlite://") and new_sqlite_file("sqlite:///:memory:")
+    assert not new_sqlite_file(f"sqlite:///file:{tmp_path / 'other.db'}?mode=rwc&uri=true")
+    assert not new_sqlite_file("postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE alembic_version SET version_num = 'v3.0.0.d'"))
+    engine.dispose()
+    with pytest.raises(UserError, match="no longer compatible"):
+        open_storage(url)
