@@ -12,7 +12,7 @@ Ray worker start-up and torch/Lightning imports in the workers are IN for both.
 
 A third run trains the same trials on resident runners (`nas pool up`, started and warmed
 before the timing, as a deployment keeps them): the workers' imports are then out too. It
-runs `--repeats` times (3 in the full mode); the run with the median utilisation is reported.
+runs `--repeats` times (5 in the full mode); the run with the median utilisation is reported.
 
 Worker utilisation = summed trial compute (the trials' own `duration_s`, measured inside
 `run_trial`) / (workers x wall).
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
         extra=lambda ap: ap.add_argument(
             "--repeats", type=int, help="runs on the resident runners; the median is the "
-            "figure (default 3 in the full mode, else 1)"),
+            "figure (default 5 in the full mode, else 1)"),
     )
     n = run.trials
-    repeats = run.args.repeats or (3 if run.mode == "full" else 1)
+    repeats = run.args.repeats or (5 if run.mode == "full" else 1)
     common.header(f"orchestration overhead: {n} short trials, {WORKERS} workers, {EPOCHS} epochs")
     specs = small_specs(n)
     out: dict[str, Any] = {}
