@@ -6,7 +6,7 @@ fresh local Ray (start-up excluded), then on 1 and 2 resident runners (`nas pool
 warmed before the timing). Trials/hour = trials / wall.
 
 Speed-ups on this machine move by +-10% between runs (other jobs share the cores), so the
-plain processes and the resident runners run `--repeats` interleaved 1-then-2 pairs (3 in
+plain processes and the resident runners run `--repeats` interleaved 1-then-2 pairs (5 in
 the full mode) and each speed-up is the median over the pairs.
 
 What the machine itself allows: the same trials through `run_trial` in 1, then 2 plain
@@ -123,10 +123,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
         extra=lambda ap: ap.add_argument(
             "--repeats", type=int, help="1-then-2 pairs for plain processes and runners "
-            "(default 3 in the full mode, else 1)"),
+            "(default 5 in the full mode, else 1)"),
     )
     n = run.trials
-    repeats = run.args.repeats or (3 if run.mode == "full" else 1)
+    repeats = run.args.repeats or (5 if run.mode == "full" else 1)
     common.header(f"scaling: {n} short trials with 1 and 2 workers")
     specs = small_specs(n, seed=11)
     out: dict[str, Any] = {"repeats": repeats}
