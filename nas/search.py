@@ -163,11 +163,10 @@ def new_sqlite_file(url: str) -> bool:
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri"):
+    database = parsed.database or ""  # never in-memory here: `real_url` refuses those
+    if parsed.get_backend_name() != "sqlite" or parsed.query.get("uri") or database.startswith("file:"):
         return False  # a `file:` URI may name an existing file under another spelling
-    if parsed.database in (None, "", ":memory:"):
-        return True
-    path = Path(parsed.database)
+    path = Path(database)
     return not path.exists() or path.stat().st_size == 0
 
 

@@ -328,7 +328,6 @@ def test_a_new_sqlite_file_skips_optunas_schema_check_and_an_old_schema_still_fa
 
     (tmp_path / "empty.db").touch()
     assert new_sqlite_file(f"sqlite:///{tmp_path / 'empty.db'}")
-    assert new_sqlite_file("sqlite://") and new_sqlite_file("sqlite:///:memory:")
     assert not new_sqlite_file(f"sqlite:///file:{tmp_path / 'other.db'}?mode=rwc&uri=true")
     assert not new_sqlite_file("postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
