@@ -652,19 +652,23 @@ _SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 def _parse_yaml(text: str, source: str) -> Any:
     """`yaml.safe_load`, with errors that name the file and, for foreign tags, the key."""
+    loader = _SAFE_LOADER(text)
     try:
-        node = yaml.compose(text, Loader=_SAFE_LOADER)  # nodes only: constructs nothing
-        if node is not None:
-            found = _find_unsafe_tag(node, "")
-            if found:
-                key, tag = found
-                raise SpaceError(
-                    f"{source}: `{key}` got the YAML tag {tag!r}; allowed: plain YAML values "
-                    "(Python object tags are never loaded)"
-                )
-        return yaml.load(text, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
+        node = loader.get_single_node()  # nodes only: constructs nothing yet
+        if node is None:
+            return None
+        found = _find_unsafe_tag(node, "")
+        if found:
+            key, tag = found
+            raise SpaceError(
+                f"{source}: `{key}` got the YAML tag {tag!r}; allowed: plain YAML values "
+                "(Python object tags are never loaded)"
+            )
+        return loader.construct_document(node)  # what `safe_load` does, from the same parse
     except yaml.YAMLError as exc:
         raise SpaceError(f"{source}: not valid YAML: {exc}") from None
+    finally:
+        loader.dispose()
 
 
 def _preset_files() -> dict[str, Any]:
