@@ -288,13 +288,24 @@ def runner(name: str) -> Any:
     return ray.get_actor(name, namespace=POOL_NAMESPACE)
 
 
+# Ray lowers every worker process's priority by 15 (`RAY_worker_niceness`, read by the
+# worker when it starts): right for background work, wrong for ours, where training IS the
+# job and the broker sits on its critical path. At +15 any process at the normal priority
+# (the search's driver above all) preempts a trial at once; on 2 busy cores that stretched
+# the hand-over between two trials on a runner to 14-40 ms whenever the driver was
+# proposing, and held up the last trials' claims. At the node's own priority the driver
+# shares the core instead (bench/README.md: hand-over time per runner halved). The pool's
+# actors get it in their runtime env, a search's own Ray jobs in the job's.
+WORKER_ENV = {"RAY_worker_niceness": "0"}
+
+
 def start_runner(index: int, *, num_cpus: float, num_gpus: float) -> Any:
     """Create (or find) resident runner `index`; it lives until `nas pool down` or `ray stop`."""
     threads = max(1, int(num_cpus)) if num_cpus else 1
     return TrialRunner.options(
         name=f"{RUNNER_PREFIX}{index}", namespace=POOL_NAMESPACE, lifetime="detached",
         get_if_exists=True, num_cpus=num_cpus, num_gpus=num_gpus,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}},
+        runtime_env={"env_vars": {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}},
     ).remote(num_cpus, num_gpus)
 
 
@@ -311,7 +322,7 @@ def start_broker() -> Any:
     """Create (or find) the pool's report broker, on this node; it lives as the runners do."""
     return ReportBroker.options(
         name=BROKER_NAME, namespace=POOL_NAMESPACE, lifetime="detached", get_if_exists=True,
-        scheduling_strategy=on_this_node(),
+        scheduling_strategy=on_this_node(), runtime_env={"env_vars": WORKER_ENV},
     ).remote()
 
 

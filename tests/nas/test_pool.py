@@ -97,6 +97,10 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
         broker = [line for line in status.stdout.splitlines() if "report broker: pid" in line]
         assert broker and "0 search(es) served" in broker[0], status.stdout
         broker_pid = int(broker[0].split("pid ")[1].split(",")[0])
+        # The runners and the broker keep the node's priority (the cluster started from this
+        # process): Ray would lower every worker's by 15, below the driver's.
+        ours = os.getpriority(os.PRIO_PROCESS, 0)
+        assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in (*pids, broker_pid)] == [ours] * 3
 
         for study in ("warm1", "warm2"):
             done = _nas("search", "--study", study, "--storage", url, "--trials", "3",
@@ -132,6 +136,28 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
     gone = _nas("pool", "status", env=env, timeout=120)
     assert gone.returncode == 2 and "no Ray cluster runs on this machine" in gone.stderr
     shutil.rmtree(ray_dir, ignore_errors=True)
+
+
+def test_a_search_on_its_own_ray_trains_at_the_node_priority(tmp_path: Path):
+    # Ray would lower every worker's priority by 15, below the driver's (see WORKER_ENV).
+    # A fresh interpreter: this session's Ray is already initialised in this one.
+    code = (
+        "import os, ray\n"
+        "from nas.search import start_ray\n"
+        "assert start_ray(None, slots=1, cpus_per_trial=1) == 'started'\n"
+        "f = ray.remote(lambda: (os.getpriority(os.PRIO_PROCESS, 0), os.environ['OMP_NUM_THREADS']))\n"
+        "print(ray.get(f.remote()))\n"
+        "ray.shutdown()\n"
+    )
+    ray_dir = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": ray_dir, "PYTHONWARNINGS": "ignore"}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_dir, ignore_errors=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == str((os.getpriority(os.PRIO_PROCESS, 0), "1"))
 
 
 def test_the_ray_auth_token_is_made_once_and_only_its_owner_reads_it(tmp_path, monkeypatch):
