@@ -1055,16 +1055,15 @@ def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) 
     token_auth()  # before Ray is imported: it reads the mode then
     import ray
 
-    from workers.ray_task import WORKER_ENV
-
     if ray.is_initialized():
         return ""
-    threads = str(max(1, int(cpus_per_trial)))
+    from workers.ray_task import training_env
+
     kwargs: dict[str, Any] = dict(
         include_dashboard=False,
         log_to_driver=False,
         configure_logging=False,
-        runtime_env={"env_vars": {**WORKER_ENV, "OMP_NUM_THREADS": threads}},
+        runtime_env={"env_vars": training_env(cpus_per_trial)},
     )
     address = resolve_address(address)
     if address:

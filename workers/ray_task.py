@@ -207,6 +207,11 @@ def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, An
 _remote_execute = ray.remote(_execute)
 
 
+def threads_for(num_cpus: float) -> int:
+    """Torch and OpenMP threads for a trial that holds `num_cpus` CPUs (at least one)."""
+    return max(1, int(num_cpus)) if num_cpus else 1
+
+
 def submit_trial(
     request: dict[str, Any],
     *,
@@ -219,7 +224,7 @@ def submit_trial(
     Ray's own retries are off (`max_retries=0`): a retried task would silently re-run the same
     trial; the orchestrator decides retries and records them as new, linked trials.
     """
-    threads = max(1, int(num_cpus)) if num_cpus else 1
+    threads = threads_for(num_cpus)
     return _remote_execute.options(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
@@ -258,7 +263,7 @@ class TrialRunner:
 
         import workers.trial  # noqa: F401 - the import is the warm-up
 
-        self._threads = max(1, int(num_cpus)) if num_cpus else 1
+        self._threads = threads_for(num_cpus)
         self._resources = (float(num_cpus), float(num_gpus))
         torch.set_num_threads(self._threads)
 
@@ -299,13 +304,18 @@ def runner(name: str) -> Any:
 WORKER_ENV = {"RAY_worker_niceness": "0"}
 
 
+def training_env(num_cpus: float) -> dict[str, str]:
+    """The environment of a process that trains trials holding `num_cpus` CPUs each: the
+    node's priority and as many OpenMP threads as CPUs."""
+    return {**WORKER_ENV, "OMP_NUM_THREADS": str(threads_for(num_cpus))}
+
+
 def start_runner(index: int, *, num_cpus: float, num_gpus: float) -> Any:
     """Create (or find) resident runner `index`; it lives until `nas pool down` or `ray stop`."""
-    threads = max(1, int(num_cpus)) if num_cpus else 1
     return TrialRunner.options(
         name=f"{RUNNER_PREFIX}{index}", namespace=POOL_NAMESPACE, lifetime="detached",
         get_if_exists=True, num_cpus=num_cpus, num_gpus=num_gpus,
-        runtime_env={"env_vars": {**WORKER_ENV, "OMP_NUM_THREADS": str(threads)}},
+        runtime_env={"env_vars": training_env(num_cpus)},
     ).remote(num_cpus, num_gpus)
 
 
