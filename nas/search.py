@@ -30,6 +30,7 @@ from nas.errors import UserError
 from nas.optuna_io import BatchingStorage, dashboard_note, fix_params, tell
 from nas.samplers import AskTellGridSampler, CostAwareHalving, make_pruner, make_sampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, load_space, zoo
+from search_spaces.spec import block_label
 from workers import TrainConfig, dataset_info
 from workers.results import NOT_STARTED
 
@@ -207,9 +208,11 @@ class Search:
         # 1. everything a user can get wrong is checked before Ray starts.
         self.space: SearchSpace = _load_space(config.space)
         try:
-            self.recipe = TrainConfig.from_dict(config.train)
+            # The space's recipe defaults (e.g. AdamW for ConvNeXt), then the user's settings.
+            self.recipe = TrainConfig.from_dict({**self.space.train, **config.train})
         except ValueError as exc:
-            raise UserError(f"training recipe: {exc}") from None
+            where = f" (with `train` of space {self.space.source})" if self.space.train else ""
+            raise UserError(f"training recipe{where}: {exc}") from None
         try:
             self.data = dataset_info(self.recipe)
         except ValueError as exc:
@@ -1016,8 +1019,10 @@ def stage_markdown(spec: ArchitectureSpec, params: int, flops: int) -> str:
         "|---|---|---|---|---|---|",
     ]
     for i, st in enumerate(spec.stages, 1):
-        block = st.block if st.block == "basic" else f"bottleneck x{st.expansion} g{st.groups}"
-        lines.append(f"| {i} | {st.depth} | {st.width} | {st.stride} | {block} | {st.skip} |")
+        skip = "dense" if st.block == "dense" else st.skip
+        lines.append(
+            f"| {i} | {st.depth} | {st.width} | {st.stride} | {block_label(st)} | {skip} |"
+        )
     return "\n".join(lines)
 
 

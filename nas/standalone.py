@@ -1,7 +1,7 @@
 """The standalone `model.py` of an export bundle: the builder's own source, with the spec inlined.
 
-The file is generated, not hand-maintained: the top-level definitions of
-`search_spaces/spec.py`, `search_spaces/blocks.py` and `search_spaces/builder.py` are copied
+The file is generated, not hand-maintained: the top-level definitions of the builder's
+modules (`SOURCE_MODULES`: spec, layers, blocks, dense, convnext, transformer, builder) are copied
 verbatim (comments included), minus the cost functions (FLOP counting is not needed to run a
 network) and minus the imports between those modules. So the bundle's network is the searched
 network by construction, and a change to the builder reaches the next export without anyone
@@ -20,9 +20,19 @@ from typing import Any
 from search_spaces import ArchitectureSpec
 
 # Modules copied, in dependency order.
-SOURCE_MODULES = ("search_spaces.spec", "search_spaces.blocks", "search_spaces.builder")
+SOURCE_MODULES = (
+    "search_spaces.spec",
+    "search_spaces.layers",
+    "search_spaces.blocks",
+    "search_spaces.dense",
+    "search_spaces.convnext",
+    "search_spaces.transformer",
+    "search_spaces.builder",
+)
 # Top-level names of those modules that only price a network; left out of model.py.
-COST_NAMES = frozenset({"Cost", "conv_out", "conv_cost", "bn_cost", "shortcut_cost", "stage_cost"})
+COST_NAMES = frozenset(
+    {"Cost", "conv_out", "conv_cost", "bn_cost", "linear_cost", "shortcut_cost"}
+)
 # Methods that only price a network (`Stem.cost`, `ResidualBlock._branch_cost`, ...).
 COST_METHODS = frozenset({"cost", "_branch_cost"})
 # What model.py may import at all: the standard library pieces the builder uses, torch,
@@ -201,7 +211,7 @@ Architecture {spec.arch_id}: {spec.summary()}
 
 Inputs are float32 NCHW images normalised per channel: x = (pixels - INPUT["mean"]) / INPUT["std"],
 with pixels scaled to [0, 1]. The classes below are copied from resnas's
-search_spaces/spec.py, blocks.py and builder.py (cost functions left out); parameter names
+search_spaces package (cost functions left out); parameter names
 match the safetensors file exactly.
 """'''
     footer = f'''

@@ -8,80 +8,59 @@ on random samples of every preset.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.spec import StageSpec
-
-# Skip types that add a shortcut to the branch; only these have a branch whose last norm
-# `zero_init_residual` zeroes (a plain or dense branch zeroed would just vanish).
-ADDITIVE_SKIPS = ("identity", "zero_pad", "projection", "gated")
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Parameters and multiply-adds of one module for one image, with its output resolution."""
-
-    params: int = 0
-    flops: int = 0
-    height: int = 0
-    width: int = 0
-
-    def __add__(self, other: Cost) -> Cost:
-        return Cost(self.params + other.params, self.flops + other.flops, other.height, other.width)
-
-
-def conv_out(size: int, kernel: int, stride: int) -> int:
-    """Output size of a conv with `padding = kernel // 2` (the only padding used here)."""
-    return (size + 2 * (kernel // 2) - kernel) // stride + 1
-
-
-def conv_cost(
-    in_ch: int,
-    out_ch: int,
-    kernel: int,
-    stride: int,
-    h: int,
-    w: int,
-    groups: int = 1,
-    bias: bool = False,
-) -> Cost:
-    ho, wo = conv_out(h, kernel, stride), conv_out(w, kernel, stride)
-    weights = out_ch * (in_ch // groups) * kernel * kernel
-    return Cost(weights + (out_ch if bias else 0), weights * ho * wo, ho, wo)
-
-
-def bn_cost(channels: int, h: int, w: int) -> Cost:
-    return Cost(2 * channels, 0, h, w)
-
-
-def conv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(
-        in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False
-    )
+from search_spaces.layers import (
+    LN_EPS,
+    Cost,
+    LayerNorm2d,
+    bn_cost,
+    conv,
+    conv_cost,
+    conv_out,
+    pad_to_multiple,
+    trunc_normal_init,
+)
+from search_spaces.spec import ADDITIVE_SKIPS, ArchitectureSpec, StageSpec
 
 
 # -- stem ----------------------------------------------------------------------------------
 class Stem(nn.Module):
-    """`imagenet`: 7x7/2 conv-BN-ReLU + 3x3/2 max-pool; `cifar`: 3x3/1 conv-BN-ReLU.
+    """`imagenet`: 7x7/2 conv-BN-ReLU + 3x3/2 max-pool; `cifar`: 3x3/1 conv-BN-ReLU;
+    `patch`: a p x p conv of stride p with bias (ViT's patch embedding); `patch_ln`: the same
+    + LayerNorm (ConvNeXt's patchify stem). Patch stems pad sizes up to a multiple of p.
 
     With pre-activation the `cifar` stem is a bare conv: the first block's BN-ReLU follows
     (He et al. 2016, as in their CIFAR code). The `imagenet` stem keeps its BN-ReLU because
     the max-pool needs an activated input.
     """
 
-    def __init__(self, kind: str, in_channels: int, width: int, preact: bool = False) -> None:
+    def __init__(
+        self, kind: str, in_channels: int, width: int, preact: bool = False, patch_size: int = 4
+    ) -> None:
         super().__init__()
         self.kind = kind
+        self.bn = self.norm = self.pool = None
+        if kind in ("patch", "patch_ln"):
+            self.conv = nn.Conv2d(in_channels, width, patch_size, stride=patch_size, bias=True)
+            if kind == "patch_ln":
+                self.norm = LayerNorm2d(width, eps=LN_EPS)
+            return
         kernel, stride = (7, 2) if kind == "imagenet" else (3, 1)
         self.conv = conv(in_channels, width, kernel, stride)
         self.bn = None if (preact and kind == "cifar") else nn.BatchNorm2d(width)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if kind == "imagenet" else None
 
+    def own_init(self) -> None:
+        if self.kind in ("patch", "patch_ln"):  # as ConvNeXt initialises its stem
+            trunc_normal_init(self)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind in ("patch", "patch_ln"):
+            x = self.conv(pad_to_multiple(x, self.conv.stride[0]))
+            return x if self.norm is None else self.norm(x)
         x = self.conv(x)
         if self.bn is not None:
             x = F.relu(self.bn(x))
@@ -90,9 +69,16 @@ class Stem(nn.Module):
         return x
 
     @staticmethod
-    def cost(kind: str, in_channels: int, width: int, preact: bool, h: int, w: int) -> Cost:
+    def cost(
+        kind: str, in_channels: int, width: int, preact: bool, h: int, w: int, patch_size: int = 4
+    ) -> Cost:
         if kind == "none":
             return Cost(0, 0, h, w)
+        if kind in ("patch", "patch_ln"):
+            ho, wo = -(-h // patch_size), -(-w // patch_size)
+            weights = width * in_channels * patch_size * patch_size
+            norm = 2 * width if kind == "patch_ln" else 0
+            return Cost(weights + width + norm, weights * ho * wo, ho, wo)
         kernel, stride = (7, 2) if kind == "imagenet" else (3, 1)
         c = conv_cost(in_channels, width, kernel, stride, h, w)
         if not (preact and kind == "cifar"):
@@ -224,6 +210,10 @@ class ResidualBlock(nn.Module):
 
     def last_norm(self) -> nn.BatchNorm2d:
         raise NotImplementedError
+
+    def start_as_identity(self) -> None:
+        """Zero the branch's last norm so the block starts as its shortcut (Goyal et al. 2017)."""
+        nn.init.zeros_(self.last_norm().weight)
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -359,45 +349,33 @@ def block_inputs(stage: StageSpec, in_ch: int) -> list[tuple[int, int]]:
     return result
 
 
-def make_stage(
-    stage: StageSpec,
-    in_ch: int,
-    *,
-    preact: bool = False,
-    se_ratio: float = 0.0,
-    zero_init_residual: bool = False,
-) -> nn.Sequential:
-    """The `stage.depth` blocks of one stage, as an `nn.Sequential` (names `0`, `1`, ...).
+class ResidualStage(nn.Sequential):
+    """The `stage.depth` basic or bottleneck blocks of one stage (names `0`, `1`, ...)."""
 
-    Args:
-        stage: what the stage is.
-        in_ch: channels entering the stage.
-        preact: pre-activation blocks.
-        se_ratio: squeeze-excitation ratio (0 = off).
-        zero_init_residual: mark additive blocks for a zeroed last norm (see `init_weights`).
-    """
-    block_cls = BLOCKS[stage.block]
-    return nn.Sequential(
-        *(
-            block_cls(
-                channels,
-                stage,
-                stride,
-                preact=preact,
-                se_ratio=se_ratio,
-                zero_init_residual=zero_init_residual,
+    def __init__(self, spec: ArchitectureSpec, index: int, in_ch: int) -> None:
+        stage = spec.stages[index]
+        block_cls = BLOCKS[stage.block]
+        super().__init__(
+            *(
+                block_cls(
+                    channels,
+                    stage,
+                    stride,
+                    preact=spec.preact,
+                    se_ratio=spec.se_ratio,
+                    zero_init_residual=spec.zero_init_residual,
+                )
+                for channels, stride in block_inputs(stage, in_ch)
             )
-            for channels, stride in block_inputs(stage, in_ch)
         )
-    )
 
-
-def stage_cost(stage: StageSpec, in_ch: int, preact: bool, se_ratio: float, h: int, w: int) -> Cost:
-    """Cost of `make_stage(stage, in_ch, ...)` on an `h` x `w` input."""
-    block_cls = BLOCKS[stage.block]
-    total = Cost(0, 0, h, w)
-    for channels, stride in block_inputs(stage, in_ch):
-        total = total + block_cls.cost(
-            channels, stage, stride, preact, se_ratio, total.height, total.width
-        )
-    return total
+    @staticmethod
+    def cost(spec: ArchitectureSpec, index: int, in_ch: int, h: int, w: int) -> Cost:
+        stage = spec.stages[index]
+        block_cls = BLOCKS[stage.block]
+        total = Cost(0, 0, h, w)
+        for channels, stride in block_inputs(stage, in_ch):
+            total = total + block_cls.cost(
+                channels, stage, stride, spec.preact, spec.se_ratio, total.height, total.width
+            )
+        return total

@@ -6,16 +6,35 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.blocks import ResidualBlock, Stem, make_stage
+from search_spaces.blocks import ResidualStage, Stem
+from search_spaces.convnext import ConvNeXtStage
+from search_spaces.dense import DenseStage
+from search_spaces.layers import LN_EPS
 from search_spaces.spec import ArchitectureSpec
+from search_spaces.transformer import TransformerStage
+
+# The stage class of each block type; each has a static `cost` beside its constructor.
+STAGES: dict[str, type[nn.Module]] = {
+    "basic": ResidualStage,
+    "bottleneck": ResidualStage,
+    "dense": DenseStage,
+    "convnext": ConvNeXtStage,
+    "transformer": TransformerStage,
+}
 
 
 class ResNet(nn.Module):
-    """Stem, stages, (final BN-ReLU for pre-activation nets), global average pool, linear head.
+    """Stem, stages, the final norm, global pooling (or the class token), linear head.
+
+    The final norm follows the last stage's family: BN-ReLU after pre-activation and dense
+    stages (`final_bn`), LayerNorm after pooling for ConvNeXt and on the tokens for a
+    transformer (`final_norm`), none for post-activation ResNets.
 
     Parameter names are plain and stable (they go into safetensors files):
     `stem.conv.weight`, `stages.<i>.<j>.conv1.weight`, `stages.<i>.<j>.shortcut.conv.weight`,
-    `stages.<i>.<j>.gate`, `final_bn.weight`, `fc.weight`, ...
+    `stages.<i>.<j>.gate`, `stages.<i>.layers.<j>.conv1.weight` (dense),
+    `stages.<i>.blocks.<j>.pw1.weight` (convnext), `stages.<i>.blocks.<j>.attn.qkv.weight`
+    (transformer), `final_bn.weight`, `fc.weight`, ...
     """
 
     def __init__(self, spec: ArchitectureSpec) -> None:
@@ -24,26 +43,25 @@ class ResNet(nn.Module):
         self.stem = (
             nn.Identity()
             if spec.stem == "none"
-            else Stem(spec.stem, spec.in_channels, spec.stem_width, spec.preact)
+            else Stem(spec.stem, spec.in_channels, spec.stem_width, spec.preact, spec.patch_size)
         )
         self.stages = nn.Sequential(
             *(
-                make_stage(
-                    stage,
-                    in_ch,
-                    preact=spec.preact,
-                    se_ratio=spec.se_ratio,
-                    zero_init_residual=spec.zero_init_residual,
+                STAGES[stage.block](spec, index, in_ch)
+                for index, (stage, in_ch) in enumerate(
+                    zip(spec.stages, spec.stage_in_channels(), strict=True)
                 )
-                for stage, in_ch in zip(spec.stages, spec.stage_in_channels(), strict=True)
             )
         )
-        # Pre-activation blocks leave their output un-normalised: one BN-ReLU before the head.
-        self.final_bn = nn.BatchNorm2d(spec.out_channels) if spec.preact else None
-        self.fc = nn.Linear(spec.out_channels, spec.num_classes)
+        out, norm = spec.out_channels, spec.final_norm
+        self.final_bn = nn.BatchNorm2d(out) if norm == "bn" else None
+        self.final_norm = nn.LayerNorm(out, eps=LN_EPS) if norm == "ln" else None
+        self.pool = spec.pool
+        self.fc = nn.Linear(out, spec.num_classes)
         init_weights(self)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last stage's output: an NCHW map, or (N, tokens, C) after a transformer."""
         x = self.stages(self.stem(x))
         if self.final_bn is not None:
             x = F.relu(self.final_bn(x))
@@ -51,14 +69,24 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+        if x.dim() == 3:  # tokens: normalise, then the class token or the mean
+            x = self.final_norm(x)
+            x = x[:, 0] if self.pool == "token" else x.mean(dim=1)
+        else:
+            x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+            if self.final_norm is not None:
+                x = self.final_norm(x)
+        return self.fc(x)
 
 
 def init_weights(model: nn.Module) -> None:
-    """torchvision's initialisation: Kaiming-normal (fan_out) convs, BN weight 1 and bias 0.
+    """torchvision's ResNet initialisation: Kaiming-normal (fan_out) convs, BN weight 1 and
+    bias 0; modules with an `own_init` (ConvNeXt and transformer blocks, patch stems) then
+    apply their family's own (truncated normal, std 0.02).
 
-    Then, for blocks marked `zero_init_residual`, the last BN of the branch gets weight 0 so
-    the block starts as its shortcut (Goyal et al. 2017). Linear layers keep torch's default.
+    Then, for blocks marked `zero_init_residual`, the end of each residual branch is zeroed
+    (last BN, layer scale or last linear) so the block starts as its shortcut (Goyal et al.
+    2017). Linear layers elsewhere keep torch's default.
     """
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -69,8 +97,11 @@ def init_weights(model: nn.Module) -> None:
             nn.init.ones_(module.weight)
             nn.init.zeros_(module.bias)
     for module in model.modules():
-        if isinstance(module, ResidualBlock) and module.zero_init_residual:
-            nn.init.zeros_(module.last_norm().weight)
+        if hasattr(module, "own_init"):
+            module.own_init()
+    for module in model.modules():
+        if getattr(module, "zero_init_residual", False):
+            module.start_as_identity()
 
 
 def build_model(spec: ArchitectureSpec) -> nn.Module:

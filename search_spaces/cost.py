@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from search_spaces.blocks import Cost, Stem, stage_cost
+from search_spaces.blocks import Stem
+from search_spaces.builder import STAGES
+from search_spaces.layers import Cost
 from search_spaces.spec import ArchitectureSpec
 
 
@@ -44,18 +46,20 @@ def stage_costs(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
     """
     h, w = _size(input_size)
     rows: list[dict[str, Any]] = []
-    stem = Stem.cost(spec.stem, spec.in_channels, spec.stem_width, spec.preact, h, w)
+    stem = Stem.cost(
+        spec.stem, spec.in_channels, spec.stem_width, spec.preact, h, w, spec.patch_size
+    )
     rows.append(_row(0, "stem", spec.in_channels, spec.stem_out, None, stem))
     h, w = stem.height, stem.width
     for i, (stage, in_ch) in enumerate(
         zip(spec.stages, spec.stage_in_channels(), strict=True), start=1
     ):
-        c = stage_cost(stage, in_ch, spec.preact, spec.se_ratio, h, w)
+        c = STAGES[stage.block].cost(spec, i - 1, in_ch, h, w)
         rows.append(_row(i, f"stage{i}", in_ch, stage.out_channels(in_ch), stage.depth, c))
         h, w = c.height, c.width
     out = spec.out_channels
-    final_bn = 2 * out if spec.preact else 0
-    head = Cost(final_bn + out * spec.num_classes + spec.num_classes, out * spec.num_classes, 1, 1)
+    final_norm = 2 * out if spec.final_norm else 0
+    head = Cost(final_norm + out * spec.num_classes + spec.num_classes, out * spec.num_classes, 1, 1)
     rows.append(_row(None, "head", out, spec.num_classes, None, head))
     return rows
 
@@ -76,9 +80,10 @@ def _row(stage: int | None, name: str, cin: int, cout: int, depth: int | None, c
 def complexity(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> Complexity:
     """Trainable parameters and multiply-adds of one forward pass of one image.
 
-    Counts every conv, linear, BN and gate parameter exactly; FLOPs are the multiply-adds of
-    convs and the linear head (what `FlopCounterMode` counts, halved), not of BN, ReLU,
-    pooling or additions.
+    Counts every conv, linear, norm, gate, layer-scale, token and position parameter
+    exactly; FLOPs are the multiply-adds of convs, linears and attention's two matrix
+    products (what `FlopCounterMode` counts, halved), not of norms, activations, pooling,
+    additions or a resized position embedding.
 
     Args:
         spec: the architecture.

@@ -33,7 +33,7 @@ def stage_table(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
             {
                 **row,
                 "block": _block_text(stage) if stage else None,
-                "skip": stage.skip if stage else None,
+                "skip": ("dense" if stage.block == "dense" else stage.skip) if stage else None,
                 "width": stage.width if stage else None,
                 "stride": stage.stride if stage else None,
                 "params_share": row["params"] / total_params,
@@ -44,12 +44,18 @@ def stage_table(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
 
 
 def _block_text(stage: Any) -> str:
-    if stage.block == "basic":
-        return "basic"
-    text = f"bottleneck x{stage.expansion}"
-    if stage.groups > 1:
-        text += f" g{stage.groups}"
-    return text + f" inner {stage.inner_width}"
+    if stage.block == "bottleneck":
+        text = f"bottleneck x{stage.expansion}"
+        if stage.groups > 1:
+            text += f" g{stage.groups}"
+        return text + f" inner {stage.inner_width}"
+    if stage.block == "dense":
+        return f"dense x{stage.expansion} c{stage.compression:g}"
+    if stage.block == "convnext":
+        return f"convnext x{stage.expansion}"
+    if stage.block == "transformer":
+        return f"transformer h{stage.heads} x{stage.expansion}"
+    return stage.block
 
 
 def human(n: float) -> str:
@@ -71,12 +77,22 @@ def render_text(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> st
     size = input_size if isinstance(input_size, tuple) else (input_size, input_size)
     options = [f"stem {spec.stem}", f"{spec.in_channels}x{size[0]}x{size[1]} input"]
     options.append(f"{spec.num_classes} classes")
-    if spec.preact:
+    if spec.preact and spec.preact_matters:
         options.append("pre-activation")
     if spec.zero_init_residual:
         options.append("zero-init residual")
-    if spec.se_ratio:
+    if spec.se_ratio and spec.uses_resnet_blocks:
         options.append(f"SE {spec.se_ratio:g}")
+    if spec.stem in ("patch", "patch_ln"):
+        options.append(f"patch {spec.patch_size}")
+    if spec.layer_scale:
+        options.append(f"layer scale {spec.layer_scale:g}")
+    if spec.drop_path:
+        options.append(f"stochastic depth {spec.drop_path:g}")
+    if spec.pos_embed and any(s.block == "transformer" for s in spec.stages):
+        options.append(f"{spec.pos_embed}x{spec.pos_embed} position embedding")
+    if spec.pool == "token":
+        options.append("class token")
     lines = [
         f"{spec.name or 'architecture'}  arch_id {spec.arch_id}",
         f"{', '.join(options)}; {spec.total_depth} weighted layers, {spec.total_blocks} blocks",

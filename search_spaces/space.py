@@ -13,11 +13,15 @@ A space file (packaged preset or user file) looks like::
       - {stride: 1, width: [8, 16]}
       - {stride: 2, width: [16, 32], block: [basic, bottleneck], groups: [1, 2]}
     constraints: {max_params: 300000, max_flops: null}
+    train: {optimizer: adamw, lr: 0.003}   # recipe defaults for this family (flags win)
 
 Top-level choices: `stem`, `stem_width`, `preact`, `zero_init_residual`, `se_ratio`,
-`num_stages` (a prefix of `stages` is used). Stage fields: those of `StageSpec`. The
-bottleneck-only fields (`expansion`, `groups`, `width_per_group`) are asked only of bottleneck
-stages. Only choices with more than one value become Optuna parameters.
+`num_stages` (a prefix of `stages` is used), `patch_size`, `layer_scale`, `drop_path`,
+`pos_embed`, `pool`. Stage fields: those of `StageSpec`. Block-specific fields are asked only
+of stages whose sampled block reads them (`BLOCK_FIELDS`: `expansion` of bottleneck, dense,
+convnext and transformer blocks; `groups` and `width_per_group` of bottlenecks; `compression`
+of dense blocks; `heads` of transformers), so `block: [basic, dense, transformer]` mixes
+families in one space. Only choices with more than one value become Optuna parameters.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from search_spaces.spec import (
+    BLOCK_FIELDS,
     BLOCK_TYPES,
+    POOL_TYPES,
     SKIP_TYPES,
     STEM_TYPES,
     ArchitectureSpec,
@@ -44,11 +50,24 @@ from search_spaces.spec import (
 if TYPE_CHECKING:
     import optuna
 
-BOTTLENECK_FIELDS = ("expansion", "groups", "width_per_group")
-# Order in which a stage's fields are asked (bottleneck fields last, only for bottlenecks).
-STAGE_ORDER = ("block", "depth", "width", "stride", "skip", *BOTTLENECK_FIELDS)
-GLOBAL_ORDER = ("stem", "stem_width", "preact", "zero_init_residual", "se_ratio", "num_stages")
-TOP_KEYS = ("name", "description", "constraints", "shared", "stages", *GLOBAL_ORDER)
+# Fields only some blocks read; each is asked only of stages whose block reads it.
+CONDITIONAL_FIELDS = ("expansion", "groups", "width_per_group", "compression", "heads")
+# Order in which a stage's fields are asked (block-specific fields last).
+STAGE_ORDER = ("block", "depth", "width", "stride", "skip", *CONDITIONAL_FIELDS)
+GLOBAL_ORDER = (
+    "stem",
+    "stem_width",
+    "preact",
+    "zero_init_residual",
+    "se_ratio",
+    "num_stages",
+    "patch_size",
+    "layer_scale",
+    "drop_path",
+    "pos_embed",
+    "pool",
+)
+TOP_KEYS = ("name", "description", "constraints", "train", "shared", "stages", *GLOBAL_ORDER)
 CONSTRAINT_KEYS = ("max_params", "max_flops")
 RANGE_KEYS = ("low", "high", "step")
 MAX_RANGE_VALUES = 4096
@@ -101,6 +120,10 @@ STAGE_KINDS: dict[str, _Kind] = {
     "groups": _POSITIVE_INT,
     "width_per_group": _POSITIVE_INT,
     "skip": _one_of(SKIP_TYPES),
+    "heads": _POSITIVE_INT,
+    "compression": _Kind(
+        "a number in (0, 1]", lambda v: _is_number(v) and 0 < v <= 1, normalise=float
+    ),
 }
 GLOBAL_KINDS: dict[str, _Kind] = {
     "stem": _one_of(STEM_TYPES),
@@ -111,6 +134,13 @@ GLOBAL_KINDS: dict[str, _Kind] = {
         "a number in [0, 1) (0 = off)", lambda v: _is_number(v) and 0 <= v < 1, normalise=float
     ),
     "num_stages": _POSITIVE_INT,
+    "patch_size": _POSITIVE_INT,
+    "layer_scale": _Kind("a number >= 0 (0 = off)", lambda v: _is_number(v) and v >= 0, normalise=float),
+    "drop_path": _Kind(
+        "a number in [0, 1) (0 = off)", lambda v: _is_number(v) and 0 <= v < 1, normalise=float
+    ),
+    "pos_embed": _Kind("an integer >= 0 (0 = none)", lambda v: _is_int(v, 0), integer=True),
+    "pool": _one_of(POOL_TYPES),
 }
 _STAGE_DEFAULTS = {f.name: f.default for f in fields(StageSpec) if f.name not in ("depth", "width")}
 _GLOBAL_DEFAULTS = {f.name: f.default for f in fields(ArchitectureSpec) if f.name in GLOBAL_KINDS}
@@ -168,10 +198,14 @@ class SearchSpace:
         stages: list[dict[str, Choice]],
         constraints: dict[str, int | None],
         source: str,
+        train: dict[str, Any] | None = None,
     ) -> None:
         self.name = name
         self.description = description
         self.constraints = constraints
+        # Recipe defaults the family trains best with (ConvNeXt and transformers: AdamW);
+        # checked by `workers.TrainConfig` where the search builds its recipe.
+        self.train = dict(train or {})
         self.source = source
         self._globals = globals_
         self._shared = shared
@@ -205,6 +239,8 @@ class SearchSpace:
         data["shared"] = {k: c.to_data() for k, c in self._shared.items()}
         data["stages"] = [{k: c.to_data() for k, c in stage.items()} for stage in self._stages]
         data["constraints"] = dict(self.constraints)
+        if self.train:
+            data["train"] = dict(self.train)
         return data
 
     # -- sampling --------------------------------------------------------------------------
@@ -219,31 +255,33 @@ class SearchSpace:
 
         glob = {key: value(key, self._globals[key]) for key in GLOBAL_ORDER}
         shared = {
-            key: value(key, c) for key, c in self._shared.items() if key not in BOTTLENECK_FIELDS
+            key: value(key, c) for key, c in self._shared.items() if key not in CONDITIONAL_FIELDS
         }
         stages = []
         for i in range(glob["num_stages"]):
             stage = {}
             for key in STAGE_ORDER:
-                if key in BOTTLENECK_FIELDS:
+                if key in CONDITIONAL_FIELDS:
+                    continue
+                if key == "skip" and stage["block"] == "dense":
+                    stage[key] = "dense"  # a dense block always concatenates: nothing to ask
                     continue
                 stage[key] = (
                     shared[key]
                     if key in shared
                     else value(f"stage{i + 1}.{key}", self._stages[i][key])
                 )
-            if stage["block"] == "bottleneck":
-                for key in BOTTLENECK_FIELDS:
-                    if key not in self._shared:
-                        stage[key] = value(f"stage{i + 1}.{key}", self._stages[i][key])
+            for key in BLOCK_FIELDS[stage["block"]]:
+                if key not in self._shared:
+                    stage[key] = value(f"stage{i + 1}.{key}", self._stages[i][key])
             stages.append(stage)
-        bottlenecks = [s for s in stages if s["block"] == "bottleneck"]
-        if bottlenecks:
-            for key in BOTTLENECK_FIELDS:
-                if key in self._shared:
-                    picked = value(key, self._shared[key])
-                    for stage in bottlenecks:
-                        stage[key] = picked
+        # A shared block-specific field is asked once, if any sampled stage reads it.
+        for key in CONDITIONAL_FIELDS:
+            readers = [s for s in stages if key in BLOCK_FIELDS[s["block"]]]
+            if key in self._shared and readers:
+                picked = value(key, self._shared[key])
+                for stage in readers:
+                    stage[key] = picked
         return glob, stages
 
     def suggest(
@@ -251,8 +289,8 @@ class SearchSpace:
     ) -> ArchitectureSpec:
         """Ask `trial` for every varied choice (stable labels) and return the spec.
 
-        Does no real work: no model is built. Labels: `stem`, `stem_width`, `preact`,
-        `zero_init_residual`, `se_ratio`, `num_stages`, shared stage fields by their name
+        Does no real work: no model is built. Labels: the top-level fields by their name
+        (`stem`, `stem_width`, `preact`, ..., `num_stages`), shared stage fields by their name
         (`depth`, `skip`, ...), per-stage fields as `stage<i>.<field>` (1-based).
 
         Args:
@@ -275,6 +313,11 @@ class SearchSpace:
                 preact=glob["preact"],
                 zero_init_residual=glob["zero_init_residual"],
                 se_ratio=glob["se_ratio"],
+                patch_size=glob["patch_size"],
+                layer_scale=glob["layer_scale"],
+                drop_path=glob["drop_path"],
+                pos_embed=glob["pos_embed"],
+                pool=glob["pool"],
             )
         except ValueError as exc:
             raise SpaceError(f"{self.source}: sampled an invalid architecture: {exc}") from exc
@@ -297,10 +340,12 @@ class SearchSpace:
                 stage = spec.stages[int(index) - 1]
                 return getattr(stage, key)
             # A shared field: the first stage it applies to speaks for all (checked below).
-            pool = [
-                s for s in spec.stages if label not in BOTTLENECK_FIELDS or s.block == "bottleneck"
+            readers = [
+                s
+                for s in spec.stages
+                if label not in CONDITIONAL_FIELDS or label in BLOCK_FIELDS[s.block]
             ]
-            return getattr(pool[0], label)
+            return getattr(readers[0], label)
 
         def pick(label: str, choice: Choice) -> Any:
             try:
@@ -481,13 +526,15 @@ class _Parser:
                         f"{kind.allowed} (required here or in `shared`)",
                     )
             blocks = (shared.get("block") or stage["block"]).values
-            for field_name in BOTTLENECK_FIELDS:
+            for field_name in CONDITIONAL_FIELDS:
                 varied = field_name in stage and not stage[field_name].fixed
-                if varied and "bottleneck" not in blocks:
+                readers = [b for b in BLOCK_TYPES if field_name in BLOCK_FIELDS[b]]
+                if varied and not any(b in readers for b in blocks):
                     raise self.fail(
                         f"{key}.{field_name}",
                         raw[field_name],
-                        "a choice only where the stage's `block` can be bottleneck",
+                        "a choice only where the stage's `block` can be "
+                        + " or ".join(readers),
                     )
             stages.append(stage)
 
@@ -504,6 +551,12 @@ class _Parser:
                 raise self.fail("num_stages", n, f"at most the {len(stages)} stages listed")
 
         constraints = self.constraints(data.get("constraints") or {})
+        train = data.get("train") or {}
+        if not isinstance(train, dict) or not all(
+            isinstance(k, str) and (v is None or isinstance(v, (str, int, float, bool)))
+            for k, v in train.items()
+        ):
+            raise self.fail("train", train, "a mapping of recipe fields to plain values")
         space = SearchSpace(
             name=name.strip(),
             description=description,
@@ -512,6 +565,7 @@ class _Parser:
             stages=stages,
             constraints=constraints,
             source=self.source,
+            train=train,
         )
         self.check_stages(space)
         self.check_channels(space)
@@ -534,24 +588,35 @@ class _Parser:
         return {**space._stages[i], **space._shared}
 
     def check_stages(self, space: SearchSpace) -> None:
-        """Every per-stage combination of width and bottleneck fields is a valid StageSpec."""
+        """Every per-stage combination of block, width, skip and the block's own fields is a
+        valid StageSpec (e.g. bottleneck groups divide the inner width, heads divide a
+        transformer's width, convnext and transformer blocks get a skip they take)."""
         for i in range(len(space._stages)):
             c = self.stage_choices(space, i)
-            keys = ("width", "expansion", "groups", "width_per_group")
-            if "bottleneck" not in c["block"].values:
-                continue
-            if math.prod(len(c[k].values) for k in keys) > MAX_CHECKED_COMBINATIONS:
-                continue
-            for combo in itertools.product(*(c[k].values for k in keys)):
-                values = dict(zip(keys, combo, strict=True))
-                try:
-                    StageSpec(depth=1, block="bottleneck", **values)
-                except ValueError as exc:
-                    shown = ", ".join(f"{k}={v}" for k, v in values.items())
-                    raise SpaceError(
-                        f"{self.source}: `stages[{i}]` can sample an invalid bottleneck "
-                        f"({shown}): {exc}"
-                    ) from None
+            for block in c["block"].values:
+                keys = ("width", "skip", *BLOCK_FIELDS[block])
+                if math.prod(len(c[k].values) for k in keys) > MAX_CHECKED_COMBINATIONS:
+                    continue
+                for combo in itertools.product(*(c[k].values for k in keys)):
+                    values = dict(zip(keys, combo, strict=True))
+                    try:
+                        StageSpec(depth=1, block=block, **values)
+                    except ValueError as exc:
+                        shown = ", ".join(f"{k}={v}" for k, v in values.items())
+                        raise SpaceError(
+                            f"{self.source}: `stages[{i}]` can sample an invalid {block} "
+                            f"stage ({shown}): {exc}"
+                        ) from None
+        if "token" in space._globals["pool"].values:
+            for n in space._globals["num_stages"].values:
+                blocks = self.stage_choices(space, n - 1)["block"].values
+                if blocks != ("transformer",):
+                    raise self.fail(
+                        "pool",
+                        "token",
+                        f"avg, or token where the last stage is always a transformer "
+                        f"(stages[{n - 1}] can be {', '.join(blocks)})",
+                    )
 
     def check_channels(self, space: SearchSpace) -> None:
         """No sample puts `zero_pad` where channels shrink (it cannot remove channels).
@@ -560,7 +625,9 @@ class _Parser:
         of the values that every stage shares (stem width, shared fields).
         """
         shared_keys = [
-            k for k in ("width", "block", "expansion", "skip", "depth") if k in space._shared
+            k
+            for k in ("width", "block", "expansion", "skip", "depth", "stride", "compression")
+            if k in space._shared
         ]
         g = space._globals
         outer = list(
@@ -578,29 +645,49 @@ class _Parser:
             for i in range(len(space._stages)):
                 c = {k: Choice((v,)) for k, v in shared.items()}
                 c = {**space._stages[i], **c}
-                expansions = c["expansion"].values
                 outs: set[int | None] = set()
                 combos = itertools.product(
-                    c["width"].values, c["block"].values, expansions, c["skip"].values
+                    c["width"].values, c["block"].values, c["expansion"].values, c["skip"].values
                 )
                 for width, block, expansion, skip in combos:
                     branch = width * (expansion if block == "bottleneck" else 1)
+                    resnet = block in ("basic", "bottleneck")
                     for channels in reachable:
-                        if skip == "zero_pad" and channels is not None and branch < channels:
+                        if (
+                            resnet
+                            and skip == "zero_pad"
+                            and channels is not None
+                            and branch < channels
+                        ):
                             raise SpaceError(
                                 f"{self.source}: `stages[{i}].skip` can be 'zero_pad' where "
                                 f"channels shrink ({channels} -> {branch}); allowed: zero_pad "
                                 "only where channels never shrink (make widths non-decreasing "
                                 "or share the skip/block choice across stages)"
                             )
-                        if skip == "dense":
-                            for depth in c["depth"].values:
-                                outs.add(None if channels is None else channels + depth * branch)
-                        else:
-                            outs.add(branch)
+                        outs.update(self._outs(c, block, skip, branch, channels))
                     if len(outs) * len(reachable) > MAX_CHECKED_COMBINATIONS:
                         return
                 reachable = outs
+
+    @staticmethod
+    def _outs(
+        c: dict[str, Choice], block: str, skip: str, branch: int, channels: int | None
+    ) -> set[int | None]:
+        """Channel counts a stage can hand on, entered with `channels` (None: unknown)."""
+        if block == "dense":
+            entered = {
+                None if channels is None else (int(channels * r) if stride == 2 else channels)
+                for stride in c["stride"].values
+                for r in c["compression"].values
+            }
+        elif block in ("basic", "bottleneck") and skip == "dense":
+            entered = {channels}
+        else:
+            return {branch}
+        return {
+            None if e is None else e + depth * branch for e in entered for depth in c["depth"].values
+        }
 
 
 # -- loading -------------------------------------------------------------------------------

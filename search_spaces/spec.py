@@ -10,10 +10,34 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-STEM_TYPES = ("imagenet", "cifar", "none")
-BLOCK_TYPES = ("basic", "bottleneck")
+STEM_TYPES = ("imagenet", "cifar", "patch", "patch_ln", "none")
+BLOCK_TYPES = ("basic", "bottleneck", "dense", "convnext", "transformer")
 SKIP_TYPES = ("identity", "zero_pad", "projection", "gated", "dense", "none")
+POOL_TYPES = ("avg", "token")
 SPEC_VERSION = 1
+
+# The ResNet family: blocks that take every skip type, pre-activation and squeeze-excitation.
+RESNET_BLOCKS = ("basic", "bottleneck")
+# Pre-norm blocks of the Transformer era: their shape never changes inside a stage (a stage
+# entry layer does that), so they take the additive skips and `none` only.
+TOKEN_BLOCKS = ("convnext", "transformer")
+MODERN_SKIPS = ("identity", "zero_pad", "gated", "none")
+# Skips that add a shortcut to a residual branch.
+ADDITIVE_SKIPS = ("identity", "zero_pad", "projection", "gated")
+# Which stage fields each block reads beyond depth, width, stride and skip. The others are
+# ignored by that block (and dropped from its canonical form).
+BLOCK_FIELDS = {
+    "basic": (),
+    "bottleneck": ("expansion", "groups", "width_per_group"),
+    "dense": ("expansion", "compression"),
+    "convnext": ("expansion",),
+    "transformer": ("expansion", "heads"),
+}
+# Weighted layers on a block's longest path (for `total_depth`).
+BLOCK_LAYERS = {"basic": 2, "bottleneck": 3, "dense": 2, "convnext": 3, "transformer": 4}
+# Bounds that catch typos and runaway spaces; every published model is far inside them.
+MAX_DEPTH = 1000
+MAX_WIDTH = 65536
 
 # Defaults of the bottleneck-only fields; a basic block ignores them.
 DEFAULT_EXPANSION = 4
@@ -35,6 +59,17 @@ def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
         raise _fail(name, value, " | ".join(choices))
 
 
+def _check_number(name: str, value: Any, low: float, high: float, allowed: str, *,
+                  low_open: bool = False, high_open: bool = True) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        v = float(value)
+        ok = (v > low if low_open else v >= low) and (v < high if high_open else v <= high)
+    if not ok:
+        raise _fail(name, value, allowed)
+    return float(value)
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One stage: `depth` blocks of the same kind, the first one carrying the `stride`.
@@ -42,13 +77,27 @@ class StageSpec:
     Args:
         depth: number of blocks (0 is not allowed; drop the stage instead).
         width: the block's base width ("planes"). A basic block outputs `width` channels, a
-            bottleneck block `width * expansion`, a `dense` stage grows by that much per block.
-        stride: stride of the first block (1 or 2).
-        block: `basic` (two 3x3 convs) or `bottleneck` (1x1, 3x3 grouped, 1x1).
-        expansion: bottleneck output multiplier (4 in ResNet-50); ignored for basic blocks.
+            bottleneck block `width * expansion`, a `dense` skip grows the stage by that much
+            per block; a `dense` block's width is its growth rate; a `convnext` or
+            `transformer` block's width is its channels (the embedding width).
+        stride: stride of the first block (1 or 2). A `dense` stage with stride 2 starts with
+            a DenseNet transition; a `convnext` or `transformer` stage starts with a
+            LayerNorm + 2x2/2 conv where the stride is 2 (LayerNorm + 1x1 conv where only
+            the width changes).
+        block: `basic` (two 3x3 convs), `bottleneck` (1x1, 3x3 grouped, 1x1), `dense`
+            (DenseNet-BC layer: BN-ReLU-1x1, BN-ReLU-3x3, concatenated onto its input),
+            `convnext` (7x7 depthwise, LayerNorm, 1x1 up, GELU, 1x1 down) or `transformer`
+            (pre-norm multi-head self-attention and MLP over the map's positions).
+        expansion: the block's multiplier: bottleneck output (4 in ResNet-50), dense
+            `bn_size` (the 1x1 conv gives expansion x growth), convnext and transformer MLP
+            ratio. Ignored by basic blocks.
         groups: groups of the bottleneck 3x3 conv (32 in ResNeXt-50 32x4d).
         width_per_group: base width per group; inner width = int(width * wpg / 64) * groups.
-        skip: how the block's input reaches its output (see `SKIP_TYPES`).
+        skip: how the block's input reaches its output (see `SKIP_TYPES`). A `dense` block
+            always concatenates (its skip is ignored); `convnext` and `transformer` blocks take
+            identity, zero_pad (the same, their shape never changes), gated or none.
+        heads: attention heads of a transformer block (a divisor of `width`).
+        compression: a dense stage's transition keeps int(channels x compression) channels.
     """
 
     depth: int
@@ -59,10 +108,16 @@ class StageSpec:
     groups: int = DEFAULT_GROUPS
     width_per_group: int = DEFAULT_WIDTH_PER_GROUP
     skip: str = "identity"
+    heads: int = 1
+    compression: float = 0.5
 
     def __post_init__(self) -> None:
         _check_int("depth", self.depth, 1)
         _check_int("width", self.width, 1)
+        if self.depth > MAX_DEPTH:
+            raise _fail("depth", self.depth, f"an integer in [1, {MAX_DEPTH}]")
+        if self.width > MAX_WIDTH:
+            raise _fail("width", self.width, f"an integer in [1, {MAX_WIDTH}]")
         if self.stride not in (1, 2) or isinstance(self.stride, bool):
             raise _fail("stride", self.stride, "1 | 2")
         _check_choice("block", self.block, BLOCK_TYPES)
@@ -70,6 +125,16 @@ class StageSpec:
         _check_int("groups", self.groups, 1)
         _check_int("width_per_group", self.width_per_group, 1)
         _check_choice("skip", self.skip, SKIP_TYPES)
+        _check_int("heads", self.heads, 1)
+        compression = _check_number(
+            "compression", self.compression, 0.0, 1.0, "a number in (0, 1]",
+            low_open=True, high_open=False,
+        )
+        object.__setattr__(self, "compression", compression)
+        if self.block in TOKEN_BLOCKS and self.skip not in MODERN_SKIPS:
+            raise _fail("skip", self.skip, f"{' | '.join(MODERN_SKIPS)} for a {self.block} block")
+        if self.block == "transformer" and self.width % self.heads:
+            raise _fail("heads", self.heads, f"a divisor of the width {self.width}")
         if self.block == "bottleneck" and self.inner_width % self.groups:
             raise _fail(
                 "groups", self.groups, f"a divisor of the inner width {self.inner_width}"
@@ -79,32 +144,66 @@ class StageSpec:
 
     @property
     def inner_width(self) -> int:
-        """Channels inside the block (the 3x3 conv of a bottleneck)."""
-        if self.block == "basic":
-            return self.width
-        return int(self.width * (self.width_per_group / 64.0)) * self.groups
+        """Channels inside the block (the 3x3 conv of a bottleneck; dense: bn_size x growth;
+        convnext and transformer: the MLP's hidden width)."""
+        if self.block == "bottleneck":
+            return int(self.width * (self.width_per_group / 64.0)) * self.groups
+        if self.block in ("dense", *TOKEN_BLOCKS):
+            return self.width * self.expansion
+        return self.width
 
     @property
     def branch_out(self) -> int:
-        """Channels the residual branch F(x) produces."""
+        """Channels the residual branch F(x) produces (a dense layer's: its growth rate)."""
         return self.width * (self.expansion if self.block == "bottleneck" else 1)
+
+    @property
+    def concatenates(self) -> bool:
+        """Whether each block concatenates its output onto its input (DenseNet style)."""
+        return self.block == "dense" or (self.block in RESNET_BLOCKS and self.skip == "dense")
+
+    def entry_channels(self, in_channels: int) -> int:
+        """Channels after the stage's entry layer (a dense transition or a token projection)."""
+        if self.block == "dense":
+            return int(in_channels * self.compression) if self.stride == 2 else in_channels
+        if self.block in TOKEN_BLOCKS:
+            return self.width
+        return in_channels
+
+    def has_entry(self, in_channels: int) -> bool:
+        """Whether the stage starts with an entry layer (dense transition, LN + conv)."""
+        if self.block == "dense":
+            return self.stride == 2
+        if self.block in TOKEN_BLOCKS:
+            return self.stride == 2 or in_channels != self.width
+        return False
 
     def out_channels(self, in_channels: int) -> int:
         """Channels leaving the stage, given the channels entering it."""
-        if self.skip == "dense":
-            return in_channels + self.depth * self.branch_out
+        if self.concatenates:
+            return self.entry_channels(in_channels) + self.depth * self.branch_out
         return self.branch_out
 
     def changes_shape(self, in_channels: int) -> bool:
         """Whether any block of the stage changes the tensor shape (channels or resolution)."""
+        if self.block not in RESNET_BLOCKS:
+            return False  # an entry layer changes it, never a block
         return self.stride != 1 or (self.skip != "dense" and in_channels != self.branch_out)
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        # Written only where set, so the ResNet family's stored specs read as before.
+        for name in ("heads", "compression"):
+            if data[name] == _STAGE_DEFAULTS[name]:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StageSpec:
         return cls(**known_fields(cls, data, "stage"))
+
+
+_STAGE_DEFAULTS = {"heads": 1, "compression": 0.5}
 
 
 @dataclass(frozen=True)
@@ -113,13 +212,25 @@ class ArchitectureSpec:
 
     Args:
         stages: the stages, input to output.
-        stem: `imagenet` (7x7/2 conv + 3x3/2 max-pool), `cifar` (3x3/1 conv) or `none`.
+        stem: `imagenet` (7x7/2 conv + 3x3/2 max-pool), `cifar` (3x3/1 conv), `patch`
+            (ViT's patch embedding: a `patch_size` x `patch_size` conv with that stride),
+            `patch_ln` (the same + LayerNorm: ConvNeXt's patchify stem) or `none`.
         stem_width: output channels of the stem (ignored, = in_channels, for `none`).
         in_channels: channels of the input images.
         num_classes: outputs of the linear head.
         preact: pre-activation blocks (BN-ReLU-conv, He et al. 2016 "Identity Mappings").
         zero_init_residual: zero-initialise the last norm of each residual branch.
-        se_ratio: squeeze-excitation reduction ratio on each branch (0 = off).
+        se_ratio: squeeze-excitation reduction ratio on each basic/bottleneck branch (0 = off).
+        patch_size: kernel and stride of a `patch` / `patch_ln` stem.
+        layer_scale: initial value of a learned per-channel scale on each convnext and
+            transformer branch (CaiT / ConvNeXt: 1e-6); 0 = no scale.
+        drop_path: stochastic depth of convnext and transformer blocks: the rate rises
+            linearly from 0 at the first such block to `drop_path` at the last (training only).
+        pos_embed: side of a learned position-embedding grid added where the first
+            transformer stage turns the map into tokens (bilinearly resized when the map is
+            another size; 0 = none; ignored without a transformer stage).
+        pool: `avg` (global average pooling) or `token` (a learned class token joins the last
+            stage, which must be a transformer stage, and the head reads it, as ViT does).
     """
 
     stages: tuple[StageSpec, ...]
@@ -130,6 +241,11 @@ class ArchitectureSpec:
     preact: bool = False
     zero_init_residual: bool = False
     se_ratio: float = 0.0
+    patch_size: int = 4
+    layer_scale: float = 0.0
+    drop_path: float = 0.0
+    pos_embed: int = 0
+    pool: str = "avg"
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -151,10 +267,30 @@ class ArchitectureSpec:
         ):
             raise _fail("se_ratio", self.se_ratio, "a number in [0, 1) (0 = off)")
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
+        _check_int("patch_size", self.patch_size, 1)
+        object.__setattr__(self, "layer_scale", _check_number(
+            "layer_scale", self.layer_scale, 0.0, 1e3, "a number >= 0 (0 = off)"
+        ))
+        object.__setattr__(self, "drop_path", _check_number(
+            "drop_path", self.drop_path, 0.0, 1.0, "a number in [0, 1) (0 = off)"
+        ))
+        if isinstance(self.pos_embed, bool) or not isinstance(self.pos_embed, int) or not (
+            0 <= self.pos_embed <= 1024
+        ):
+            raise _fail("pos_embed", self.pos_embed, "an integer grid side in [0, 1024] (0 = none)")
+        _check_choice("pool", self.pool, POOL_TYPES)
+        if self.pool == "token" and stages[-1].block != "transformer":
+            raise _fail(
+                "pool", self.pool, "avg, or token when the last stage is a transformer stage"
+            )
         # Zero padding can add channels but never remove them (ResNet shortcut "A").
         channels = self.stem_out
         for i, stage in enumerate(stages):
-            if stage.skip == "zero_pad" and stage.branch_out < channels:
+            if (
+                stage.block in RESNET_BLOCKS
+                and stage.skip == "zero_pad"
+                and stage.branch_out < channels
+            ):
                 raise _fail(
                     f"stages[{i}].skip",
                     stage.skip,
@@ -186,10 +322,32 @@ class ArchitectureSpec:
 
     @property
     def total_depth(self) -> int:
-        """Weighted layers on the longest path: stem conv + convs per block + head."""
-        per_block = {"basic": 2, "bottleneck": 3}
+        """Weighted layers on the longest path: stem conv + layers per block (+ each stage's
+        entry layer) + head. DenseNet-121 counts 121, ResNet-50 50."""
         stem = 0 if self.stem == "none" else 1
-        return stem + sum(s.depth * per_block[s.block] for s in self.stages) + 1
+        layers = sum(
+            s.depth * BLOCK_LAYERS[s.block] + int(s.has_entry(c))
+            for s, c in zip(self.stages, self.stage_in_channels(), strict=True)
+        )
+        return stem + layers + 1
+
+    @property
+    def uses_resnet_blocks(self) -> bool:
+        return any(s.block in RESNET_BLOCKS for s in self.stages)
+
+    @property
+    def preact_matters(self) -> bool:
+        """`preact` shapes basic/bottleneck blocks and the `cifar` stem, nothing else."""
+        return self.stem == "cifar" or self.uses_resnet_blocks
+
+    @property
+    def final_norm(self) -> str | None:
+        """The norm before the head: `bn` (BN-ReLU: pre-activation and dense nets), `ln`
+        (LayerNorm: convnext after pooling, transformer on the tokens) or None."""
+        last = self.stages[-1].block
+        if last == "dense" or (last in RESNET_BLOCKS and self.preact):
+            return "bn"
+        return "ln" if last in TOKEN_BLOCKS else None
 
     # -- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -204,6 +362,10 @@ class ArchitectureSpec:
             "se_ratio": self.se_ratio,
             "stages": [s.to_dict() for s in self.stages],
         }
+        # Written only where set, so the ResNet family's stored specs read as before.
+        for name, default in _SPEC_DEFAULTS.items():
+            if getattr(self, name) != default:
+                data[name] = getattr(self, name)
         if self.name:
             data["name"] = self.name
         return data
@@ -245,11 +407,18 @@ class ArchitectureSpec:
           `identity` builds (x + F(x)), so both are written `identity`.
         - The zero-init flag only matters where there is a residual branch to add to
           (any skip but `none` and `dense`).
+        - Each block keeps only the fields it reads (`BLOCK_FIELDS`); a dense block always
+          concatenates, so its skip is written `dense`.
+        - `preact` only counts where it shapes something (the `cifar` stem, basic/bottleneck
+          blocks); `se_ratio` only with basic/bottleneck blocks; `layer_scale` and
+          `drop_path` only with convnext/transformer blocks that add; `pos_embed` only with
+          a transformer stage; `patch_size` only with a patch stem. Fields of the newer
+          families are written only where they apply, so ResNet-family ids never change.
         - `name` is a label, not part of the network.
         """
         stages = []
         channels = self.stem_out
-        any_additive = False
+        any_additive = modern_additive = has_transformer = False
         for stage in self.stages:
             entry: dict[str, Any] = {
                 "depth": stage.depth,
@@ -263,23 +432,40 @@ class ArchitectureSpec:
                 entry["groups"] = stage.groups
                 # Only the resulting inner width matters, not how it was written.
                 entry["inner_width"] = stage.inner_width
+            elif stage.block != "basic":
+                entry.update({k: getattr(stage, k) for k in BLOCK_FIELDS[stage.block]})
+            if stage.block == "dense":
+                entry["skip"] = "dense"
             if stage.skip == "zero_pad" and not stage.changes_shape(channels):
                 entry["skip"] = "identity"
-            if entry["skip"] in ("identity", "zero_pad", "projection", "gated"):
+            if entry["skip"] in ADDITIVE_SKIPS:
                 any_additive = True
+                modern_additive = modern_additive or stage.block in TOKEN_BLOCKS
+            has_transformer = has_transformer or stage.block == "transformer"
             stages.append(entry)
             channels = stage.out_channels(channels)
-        return {
+        data = {
             "v": SPEC_VERSION,
             "stem": self.stem,
             "stem_width": None if self.stem == "none" else self.stem_width,
             "in_channels": self.in_channels,
             "num_classes": self.num_classes,
-            "preact": self.preact,
+            "preact": self.preact and self.preact_matters,
             "zero_init_residual": self.zero_init_residual and any_additive,
-            "se_ratio": self.se_ratio,
+            "se_ratio": self.se_ratio if self.uses_resnet_blocks else 0.0,
             "stages": stages,
         }
+        if self.stem in ("patch", "patch_ln"):
+            data["patch_size"] = self.patch_size
+        if modern_additive and self.layer_scale:
+            data["layer_scale"] = self.layer_scale
+        if modern_additive and self.drop_path:
+            data["drop_path"] = self.drop_path
+        if has_transformer and self.pos_embed:
+            data["pos_embed"] = self.pos_embed
+        if self.pool != "avg":
+            data["pool"] = self.pool
+        return data
 
     @property
     def arch_id(self) -> str:
@@ -292,9 +478,27 @@ class ArchitectureSpec:
         parts = [f"{self.stem}{'' if self.stem == 'none' else self.stem_width}"]
         for s in self.stages:
             stride = f"/{s.stride}" if s.stride != 1 else ""
-            block = s.block if s.block == "basic" else f"bottleneck(x{s.expansion},g{s.groups})"
-            parts.append(f"{s.depth}x{s.width}{stride} {block} {s.skip}")
+            skip = "dense" if s.block == "dense" else s.skip
+            parts.append(f"{s.depth}x{s.width}{stride} {block_label(s)} {skip}")
         return " | ".join(parts)
+
+
+def block_label(stage: StageSpec) -> str:
+    """`basic`, `bottleneck(x4,g32)`, `dense(x4,c0.5)`, `convnext(x4)`, `transformer(h12,x4)`."""
+    if stage.block == "bottleneck":
+        return f"bottleneck(x{stage.expansion},g{stage.groups})"
+    if stage.block == "dense":
+        return f"dense(x{stage.expansion},c{stage.compression:g})"
+    if stage.block == "convnext":
+        return f"convnext(x{stage.expansion})"
+    if stage.block == "transformer":
+        return f"transformer(h{stage.heads},x{stage.expansion})"
+    return stage.block
+
+
+_SPEC_DEFAULTS = {
+    "patch_size": 4, "layer_scale": 0.0, "drop_path": 0.0, "pos_embed": 0, "pool": "avg"
+}
 
 
 def known_fields(cls: type, data: dict[str, Any], what: str) -> dict[str, Any]:

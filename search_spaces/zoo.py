@@ -1,7 +1,8 @@
-"""Named reference architectures: the real ResNet family, written as specs.
+"""Named reference architectures: the residual family from ResNet to ViT, written as specs.
 
 They prove the spec expresses the published networks exactly: the tests compare parameter
-counts with torchvision (ImageNet models) and He et al. 2016 (CIFAR models).
+counts with torchvision (ImageNet models: ResNet, ResNeXt, Wide ResNet, DenseNet, ConvNeXt,
+ViT) and He et al. 2016 (CIFAR models).
 """
 
 from __future__ import annotations
@@ -85,6 +86,99 @@ def preact_resnet18(name: str | None = None) -> ArchitectureSpec:
     )
 
 
+def densenet(
+    layers: tuple[int, ...], *, growth: int = 32, stem_width: int = 64, name: str | None = None
+) -> ArchitectureSpec:
+    """A torchvision DenseNet-BC (Huang et al. 2017): 7x7/2 stem + max-pool, dense blocks of
+    `layers` layers (bn_size 4), a transition (compression 0.5) before each later block.
+
+    Args:
+        layers: dense layers per block (DenseNet-121: 6, 12, 24, 16).
+        growth: channels each layer adds (32; 48 in DenseNet-161).
+        stem_width: channels of the stem (64; 96 in DenseNet-161).
+        name: label stored in the spec.
+    """
+    stages = tuple(
+        StageSpec(depth=n, width=growth, stride=1 if i == 0 else 2, block="dense", skip="dense")
+        for i, n in enumerate(layers)
+    )
+    return ArchitectureSpec(
+        stages=stages, stem="imagenet", stem_width=stem_width, num_classes=1000, name=name
+    )
+
+
+def convnext(
+    depths: tuple[int, ...], widths: tuple[int, ...], *, name: str | None = None
+) -> ArchitectureSpec:
+    """A torchvision ConvNeXt (Liu et al. 2022): 4x4/4 patchify stem + LayerNorm, four stages
+    with LayerNorm + 2x2/2 downsampling between them, layer scale 1e-6, stochastic depth 0.1.
+
+    Args:
+        depths: blocks per stage (ConvNeXt-T: 3, 3, 9, 3).
+        widths: channels per stage (ConvNeXt-T: 96, 192, 384, 768).
+        name: label stored in the spec.
+    """
+    stages = tuple(
+        StageSpec(depth=d, width=w, stride=1 if i == 0 else 2, block="convnext")
+        for i, (d, w) in enumerate(zip(depths, widths, strict=True))
+    )
+    return ArchitectureSpec(
+        stages=stages,
+        stem="patch_ln",
+        stem_width=widths[0],
+        patch_size=4,
+        num_classes=1000,
+        layer_scale=1e-6,
+        drop_path=0.1,
+        name=name,
+    )
+
+
+def vit(
+    patch: int, width: int, depth: int, heads: int, mlp: int, *, image: int = 224,
+    name: str | None = None,
+) -> ArchitectureSpec:
+    """A torchvision Vision Transformer: patch embedding, class token, learned positions,
+    `depth` pre-norm encoder blocks, final LayerNorm, the head on the class token.
+
+    Args:
+        patch: patch size (16 in ViT-B/16).
+        width: embedding width (768).
+        depth: encoder blocks (12).
+        heads: attention heads (12).
+        mlp: MLP hidden width (3072 = 4 x 768; a multiple of `width`).
+        image: input size the position embedding is learned for (224).
+        name: label stored in the spec.
+    """
+    stage = StageSpec(
+        depth=depth, width=width, block="transformer", heads=heads, expansion=mlp // width
+    )
+    return ArchitectureSpec(
+        stages=(stage,),
+        stem="patch",
+        stem_width=width,
+        patch_size=patch,
+        num_classes=1000,
+        pos_embed=image // patch,
+        pool="token",
+        name=name,
+    )
+
+
+def hybrid_digits(name: str | None = None) -> ArchitectureSpec:
+    """A small hybrid for 8x8 digits: two basic conv stages (8x8, then 4x4), then two
+    transformer stages over the 16 positions with a learned position embedding."""
+    stages = (
+        StageSpec(depth=1, width=16, stride=1, block="basic"),
+        StageSpec(depth=1, width=32, stride=2, block="basic"),
+        StageSpec(depth=2, width=32, block="transformer", heads=2, expansion=2),
+    )
+    return ArchitectureSpec(
+        stages=stages, stem="cifar", stem_width=16, in_channels=1, num_classes=10, pos_embed=4,
+        name=name,
+    )
+
+
 _REGISTRY: dict[str, Callable[[str], ArchitectureSpec]] = {
     "resnet18": lambda n: imagenet_resnet((2, 2, 2, 2), "basic", name=n),
     "resnet34": lambda n: imagenet_resnet((3, 4, 6, 3), "basic", name=n),
@@ -97,6 +191,15 @@ _REGISTRY: dict[str, Callable[[str], ArchitectureSpec]] = {
     "wide_resnet50_2": lambda n: imagenet_resnet(
         (3, 4, 6, 3), "bottleneck", width_per_group=128, name=n
     ),
+    "resnext101_32x8d": lambda n: imagenet_resnet(
+        (3, 4, 23, 3), "bottleneck", groups=32, width_per_group=8, name=n
+    ),
+    "densenet121": lambda n: densenet((6, 12, 24, 16), name=n),
+    "densenet169": lambda n: densenet((6, 12, 32, 32), name=n),
+    "densenet201": lambda n: densenet((6, 12, 48, 32), name=n),
+    "convnext_tiny": lambda n: convnext((3, 3, 9, 3), (96, 192, 384, 768), name=n),
+    "convnext_small": lambda n: convnext((3, 3, 27, 3), (96, 192, 384, 768), name=n),
+    "vit_b_16": lambda n: vit(16, 768, 12, 12, 3072, name=n),
     "resnet20": lambda n: cifar_resnet(20, name=n),
     "resnet32": lambda n: cifar_resnet(32, name=n),
     "resnet44": lambda n: cifar_resnet(44, name=n),
@@ -106,7 +209,19 @@ _REGISTRY: dict[str, Callable[[str], ArchitectureSpec]] = {
     "plain56": lambda n: cifar_resnet(56, "none", name=n),
     "plain110": lambda n: cifar_resnet(110, "none", name=n),
     "preact_resnet18": lambda n: preact_resnet18(name=n),
+    "hybrid_digits": lambda n: hybrid_digits(name=n),
 }
+
+
+# Input size each reference network is published for, where it is not 224 (ImageNet) or 32
+# (CIFAR).
+_INPUT_SIZES = {"hybrid_digits": 8}
+
+
+def input_size(name: str) -> int:
+    """The input resolution a reference architecture is built and priced for (224, 32 or 8)."""
+    spec = get(name)
+    return _INPUT_SIZES.get(name, 224 if spec.num_classes == 1000 else 32)
 
 
 def names() -> list[str]:
@@ -121,8 +236,9 @@ def get(
 
     Args:
         name: one of `names()`.
-        num_classes: outputs of the head (default: 1000 for ImageNet models, 10 for CIFAR ones).
-        in_channels: input channels (default 3).
+        num_classes: outputs of the head (default: 1000 for ImageNet models, 10 for CIFAR
+            and digits ones).
+        in_channels: input channels (default 3; 1 for `hybrid_digits`).
 
     Returns:
         The spec, with `name` set.

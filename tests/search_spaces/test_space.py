@@ -11,7 +11,17 @@ from search_spaces import SearchSpace, SpaceError, complexity, list_spaces, load
 from search_spaces.spec import ArchitectureSpec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-PRESETS = ["resnet", "resnet-cifar", "resnext", "skip-ablation"]
+PRESETS = [
+    "convnext",
+    "convnext-imagenet",
+    "densenet",
+    "densenet-imagenet",
+    "hybrid",
+    "resnet",
+    "resnet-cifar",
+    "resnext",
+    "skip-ablation",
+]
 
 
 def sample(space: SearchSpace, n: int, seed: int = 0, in_channels: int = 3):
@@ -83,10 +93,15 @@ def test_skip_ablation_is_a_16_point_grid_over_depth_and_skip():
     assert len(seen) == 16
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", [p for p in PRESETS if p != "hybrid"])
 def test_presets_have_a_grid(name):
     grid = load_space(name).grid()
     assert grid and all(len(v) > 1 for v in grid.values())
+
+
+def test_the_hybrid_preset_has_conditional_labels_and_no_grid():
+    # A dense stage asks no skip, a transformer stage asks its width: no fixed grid exists.
+    assert load_space("hybrid").grid() is None
 
 
 CONDITIONAL = """

@@ -79,7 +79,7 @@ def test_bottleneck_inner_width_decides_not_its_spelling():
         ({"depth": 0, "width": 8}, "`depth`"),
         ({"depth": -1, "width": 8}, "`depth`"),
         ({"depth": 1, "width": 8, "stride": 3}, "`stride`"),
-        ({"depth": 1, "width": 8, "block": "dense"}, "`block`"),
+        ({"depth": 1, "width": 8, "block": "highway"}, "`block`"),
         ({"depth": 1, "width": 8, "skip": "residual"}, "`skip`"),
         (
             {"depth": 1, "width": 8, "block": "bottleneck", "width_per_group": 4},

@@ -16,6 +16,13 @@ IMAGENET = {
     "resnet152": (60_192_808, 11.514),
     "resnext50_32x4d": (25_028_904, 4.230),
     "wide_resnet50_2": (68_883_240, 11.398),
+    "resnext101_32x8d": (88_791_336, 16.414),
+    "densenet121": (7_978_856, 2.834),
+    "densenet169": (14_149_480, 3.360),
+    "densenet201": (20_013_928, 4.291),
+    "convnext_tiny": (28_589_128, 4.456),
+    "convnext_small": (50_223_688, 8.684),
+    "vit_b_16": (86_567_656, 17.564),
 }
 # He et al. 2016 section 4.2, option A (zero padding), 10 classes.
 CIFAR = {
@@ -40,6 +47,7 @@ def test_imagenet_models_have_torchvision_param_counts_and_flops(name):
     params, gmacs = IMAGENET[name]
     spec = zoo.get(name)
     assert spec.num_classes == 1000 and spec.in_channels == 3
+    assert zoo.input_size(name) == 224
     assert complexity(spec, 224).params == params
     assert counted_params(spec) == params
     assert complexity(spec, (224, 224)).flops / 1e9 == pytest.approx(gmacs, rel=0.02)
@@ -67,6 +75,13 @@ def test_preact_resnet18_is_the_cifar_preactivation_net():
     model = build_model(spec)
     assert model.stem.bn is None and model.final_bn is not None
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_the_hybrid_reference_is_sized_for_digits():
+    spec = zoo.get("hybrid_digits")
+    assert (spec.in_channels, spec.num_classes, zoo.input_size("hybrid_digits")) == (1, 10, 8)
+    assert [s.block for s in spec.stages] == ["basic", "basic", "transformer"]
+    assert counted_params(spec) == complexity(spec, 8).params == 37_370
 
 
 @pytest.mark.parametrize("name", zoo.names())
