@@ -72,6 +72,8 @@ class StageModel(BaseModel):
     groups: Mapped[int] = mapped_column(sa.Integer)
     width_per_group: Mapped[int] = mapped_column(sa.Integer)
     skip: Mapped[str] = mapped_column(sa.String(16))
+    heads: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    compression: Mapped[float | None] = mapped_column(sa.Float, nullable=True)
 
 
 class RecipeModel(BaseModel):

@@ -393,6 +393,8 @@ class Store:
                 "groups": s.groups,
                 "width_per_group": s.width_per_group,
                 "skip": s.skip,
+                "heads": s.heads,
+                "compression": s.compression,
             }
             for index, s in enumerate(spec.stages, start=1)
         ]

@@ -1019,9 +1019,8 @@ def stage_markdown(spec: ArchitectureSpec, params: int, flops: int) -> str:
         "|---|---|---|---|---|---|",
     ]
     for i, st in enumerate(spec.stages, 1):
-        skip = "dense" if st.block == "dense" else st.skip
         lines.append(
-            f"| {i} | {st.depth} | {st.width} | {st.stride} | {block_label(st)} | {skip} |"
+            f"| {i} | {st.depth} | {st.width} | {st.stride} | {block_label(st)} | {st.skip} |"
         )
     return "\n".join(lines)
 

@@ -33,7 +33,7 @@ def stage_table(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
             {
                 **row,
                 "block": _block_text(stage) if stage else None,
-                "skip": ("dense" if stage.block == "dense" else stage.skip) if stage else None,
+                "skip": stage.skip if stage else None,
                 "width": stage.width if stage else None,
                 "stride": stage.stride if stage else None,
                 "params_share": row["params"] / total_params,

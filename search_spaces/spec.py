@@ -94,7 +94,7 @@ class StageSpec:
         groups: groups of the bottleneck 3x3 conv (32 in ResNeXt-50 32x4d).
         width_per_group: base width per group; inner width = int(width * wpg / 64) * groups.
         skip: how the block's input reaches its output (see `SKIP_TYPES`). A `dense` block
-            always concatenates (its skip is ignored); `convnext` and `transformer` blocks take
+            always concatenates (its skip is set to `dense`); `convnext` and `transformer` take
             identity, zero_pad (the same, their shape never changes), gated or none.
         heads: attention heads of a transformer block (a divisor of `width`).
         compression: a dense stage's transition keeps int(channels x compression) channels.
@@ -125,6 +125,9 @@ class StageSpec:
         _check_int("groups", self.groups, 1)
         _check_int("width_per_group", self.width_per_group, 1)
         _check_choice("skip", self.skip, SKIP_TYPES)
+        if self.block == "dense":
+            # A dense block always concatenates: whatever skip was written, it is `dense`.
+            object.__setattr__(self, "skip", "dense")
         _check_int("heads", self.heads, 1)
         compression = _check_number(
             "compression", self.compression, 0.0, 1.0, "a number in (0, 1]",
@@ -407,8 +410,7 @@ class ArchitectureSpec:
           `identity` builds (x + F(x)), so both are written `identity`.
         - The zero-init flag only matters where there is a residual branch to add to
           (any skip but `none` and `dense`).
-        - Each block keeps only the fields it reads (`BLOCK_FIELDS`); a dense block always
-          concatenates, so its skip is written `dense`.
+        - Each block keeps only the fields it reads (`BLOCK_FIELDS`).
         - `preact` only counts where it shapes something (the `cifar` stem, basic/bottleneck
           blocks); `se_ratio` only with basic/bottleneck blocks; `layer_scale` and
           `drop_path` only with convnext/transformer blocks that add; `pos_embed` only with
@@ -434,8 +436,6 @@ class ArchitectureSpec:
                 entry["inner_width"] = stage.inner_width
             elif stage.block != "basic":
                 entry.update({k: getattr(stage, k) for k in BLOCK_FIELDS[stage.block]})
-            if stage.block == "dense":
-                entry["skip"] = "dense"
             if stage.skip == "zero_pad" and not stage.changes_shape(channels):
                 entry["skip"] = "identity"
             if entry["skip"] in ADDITIVE_SKIPS:
@@ -478,8 +478,7 @@ class ArchitectureSpec:
         parts = [f"{self.stem}{'' if self.stem == 'none' else self.stem_width}"]
         for s in self.stages:
             stride = f"/{s.stride}" if s.stride != 1 else ""
-            skip = "dense" if s.block == "dense" else s.skip
-            parts.append(f"{s.depth}x{s.width}{stride} {block_label(s)} {skip}")
+            parts.append(f"{s.depth}x{s.width}{stride} {block_label(s)} {s.skip}")
         return " | ".join(parts)
 
 

@@ -171,7 +171,7 @@ def hybrid_digits(name: str | None = None) -> ArchitectureSpec:
     stages = (
         StageSpec(depth=1, width=16, stride=1, block="basic"),
         StageSpec(depth=1, width=32, stride=2, block="basic"),
-        StageSpec(depth=2, width=32, block="transformer", heads=2, expansion=2),
+        StageSpec(depth=2, width=32, block="transformer", heads=4, expansion=2),
     )
     return ArchitectureSpec(
         stages=stages, stem="cifar", stem_width=16, in_channels=1, num_classes=10, pos_embed=4,

@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from db import EpochRecord, RunRecord, Store, StoreError
+from search_spaces.spec import ArchitectureSpec, StageSpec
 from tests.db.helpers import run, spec, write_runs
 
 
@@ -218,6 +219,8 @@ def test_architecture_saved_once_with_typed_stage_rows(store, storage_url):
         (3, 2, 64, 2, "projection"),
     ]
 
+    assert {(s["heads"], s["compression"]) for s in stages} == {(1, 0.5)}  # the defaults
+
     store.save_recipe("r1", {"epochs": 10, "lr": 0.1}, "cifar10")
     store.save_recipe("r1", {"epochs": 10, "lr": 0.1}, "cifar10")
     assert store.recipe("r1") == {"epochs": 10, "lr": 0.1}
@@ -374,3 +377,19 @@ def test_run_record_defaults_after_state():
     ]
     record = RunRecord(None, "s", 0, "a", None, None, None, "running")
     assert record.extra == {} and record.val_accuracy is None
+
+
+def test_dense_and_transformer_stages_keep_their_own_fields(store, storage_url):
+    hybrid = ArchitectureSpec(
+        stages=(
+            StageSpec(depth=2, width=8, block="dense", expansion=2, compression=0.75),
+            StageSpec(depth=1, width=16, stride=2, block="transformer", heads=4),
+        ),
+        pos_embed=2,
+    )
+    store.save_architecture(hybrid, params=10, flops=20, input_size=(8, 8))
+    assert ArchitectureSpec.from_dict(store.architecture(hybrid.arch_id)) == hybrid
+    arch = _query(storage_url, "SELECT block_types, total_depth FROM nas_architectures")[0]
+    assert arch == {"block_types": "dense,transformer", "total_depth": 1 + 4 + 1 + 4 + 1}
+    stages = _query(storage_url, "SELECT block, heads, compression FROM nas_stages ORDER BY stage")
+    assert [tuple(s.values()) for s in stages] == [("dense", 1, 0.75), ("transformer", 4, 0.5)]

@@ -4,15 +4,13 @@ pickle, model.py runs with only torch + safetensors, and weightless trials point
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from db import RunRecord, Store
 from nas.config import build_config
@@ -31,6 +29,7 @@ from nas.export import (
 )
 from nas.search import run_search
 from search_spaces import ArchitectureSpec, build_model
+from tests.nas.bundles import run_model_py_isolated
 
 STUDY = "exp"
 
@@ -138,40 +137,9 @@ def test_model_py_runs_with_only_torch_and_safetensors_importable(searched, bund
     out, report = bundle
     spec, trained = _trained(searched["store"], report)
     x = _batch(spec, 4)
-    save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    script = tmp_path / "run_bundle.py"
-    script.write_text(
-        "import sys\n"
-        "import model\n"
-        "for name in ('search_spaces', 'nas', 'workers', 'db'):\n"
-        "    assert name not in sys.modules, name\n"
-        "    try:\n"
-        "        __import__(name)\n"
-        "    except ImportError:\n"
-        "        pass\n"
-        "    else:\n"
-        "        raise SystemExit(f'the repo package {name} is importable: not isolated')\n"
-        "import torch\n"
-        "from safetensors.torch import load_file, save_file\n"
-        "net = model.load()\n"
-        "assert not net.training\n"
-        "with torch.no_grad():\n"
-        "    y = net(load_file(sys.argv[1])['x'])\n"
-        "save_file({'y': y.contiguous()}, sys.argv[2])\n"
-    )
-    site_dirs = {str(Path(m.__file__).resolve().parent.parent) for m in (torch, sys.modules["safetensors"])}
-    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": os.pathsep.join([str(out), *sorted(site_dirs)]),
-           "OMP_NUM_THREADS": "1"}
-    # -S: no site module, so no .pth files (the editable install of resnas) and no user site;
-    # -B: no __pycache__ left in the bundle.
-    result = subprocess.run(
-        [sys.executable, "-S", "-B", str(script), str(tmp_path / "x.safetensors"), str(tmp_path / "y.safetensors")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    got = run_model_py_isolated(out, x, tmp_path)
     with torch.no_grad():
         want = trained(x)
-    got = load_file(str(tmp_path / "y.safetensors"))["y"]
     assert (got - want).abs().max().item() <= 1e-5  # another process, maybe other kernels
 
 

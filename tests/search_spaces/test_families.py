@@ -252,6 +252,11 @@ def test_resnet_family_ids_and_dicts_are_unchanged_by_the_new_fields():
     assert mixed.arch_id == "b880e1a9337e6e9f"
 
 
+def test_a_dense_block_always_concatenates():
+    assert StageSpec(depth=1, width=8, block="dense", skip="none").skip == "dense"
+    assert StageSpec(depth=1, width=8, block="dense").to_dict()["skip"] == "dense"
+
+
 def test_fields_a_block_ignores_do_not_change_its_id():
     dense = ArchitectureSpec(stages=(StageSpec(depth=2, width=8, block="dense"),), stem="imagenet")
     same = [
@@ -298,7 +303,7 @@ def test_summary_and_total_depth_of_the_new_families():
     assert zoo.get("densenet121").total_depth == 121
     assert zoo.get("densenet201").total_depth == 201
     text = zoo.get("hybrid_digits").summary()
-    assert text.endswith("2x32 transformer(h2,x2) identity")
+    assert text.endswith("2x32 transformer(h4,x2) identity")
     assert "6x32 dense(x4,c0.5) dense" in zoo.get("densenet121").summary()
 
 
