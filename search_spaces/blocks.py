@@ -25,10 +25,14 @@ from search_spaces.layers import (
 )
 from search_spaces.spec import ADDITIVE_SKIPS, ArchitectureSpec, StageSpec
 
-
 # -- stem ----------------------------------------------------------------------------------
+# (kernel, stride) of the conv stems.
+STEM_CONVS = {"imagenet": (7, 2), "cifar": (3, 1), "regnet": (3, 2)}
+
+
 class Stem(nn.Module):
     """`imagenet`: 7x7/2 conv-BN-ReLU + 3x3/2 max-pool; `cifar`: 3x3/1 conv-BN-ReLU;
+    `regnet`: 3x3/2 conv-BN-ReLU (RegNet's `SimpleStemIN`);
     `patch`: a p x p conv of stride p with bias (ViT's patch embedding); `patch_ln`: the same
     + LayerNorm (ConvNeXt's patchify stem). Patch stems pad sizes up to a multiple of p.
 
@@ -48,7 +52,7 @@ class Stem(nn.Module):
             if kind == "patch_ln":
                 self.norm = LayerNorm2d(width, eps=LN_EPS)
             return
-        kernel, stride = (7, 2) if kind == "imagenet" else (3, 1)
+        kernel, stride = STEM_CONVS[kind]
         self.conv = conv(in_channels, width, kernel, stride)
         self.bn = None if (preact and kind == "cifar") else nn.BatchNorm2d(width)
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if kind == "imagenet" else None
@@ -79,7 +83,7 @@ class Stem(nn.Module):
             weights = width * in_channels * patch_size * patch_size
             norm = 2 * width if kind == "patch_ln" else 0
             return Cost(weights + width + norm, weights * ho * wo, ho, wo)
-        kernel, stride = (7, 2) if kind == "imagenet" else (3, 1)
+        kernel, stride = STEM_CONVS[kind]
         c = conv_cost(in_channels, width, kernel, stride, h, w)
         if not (preact and kind == "cifar"):
             c = c + bn_cost(width, c.height, c.width)
@@ -104,6 +108,11 @@ class SqueezeExcite(nn.Module):
     @staticmethod
     def reduced(channels: int, se_ratio: float) -> int:
         return max(1, int(channels * se_ratio))
+
+    @staticmethod
+    def reduced_from_input(in_channels: int, se_ratio: float) -> int:
+        """RegNetY's squeeze width: se_ratio x the block's input channels, rounded."""
+        return max(1, int(round(in_channels * se_ratio)))
 
     @staticmethod
     def cost(channels: int, reduced: int, h: int, w: int) -> Cost:
@@ -186,6 +195,7 @@ class ResidualBlock(nn.Module):
     """
 
     expansion = 1
+    takes_inner_se = False  # whether `se_position: inner` has an inner conv to follow
 
     def __init__(
         self,
@@ -195,13 +205,25 @@ class ResidualBlock(nn.Module):
         *,
         preact: bool = False,
         se_ratio: float = 0.0,
+        se_position: str = "branch",
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
         self.skip = stage.skip
         self.preact = preact
         out = stage.branch_out
-        self.se = SqueezeExcite(out, SqueezeExcite.reduced(out, se_ratio)) if se_ratio > 0 else None
+        inner_se = se_ratio > 0 and se_position == "inner" and self.takes_inner_se
+        self.se = (
+            SqueezeExcite(out, SqueezeExcite.reduced(out, se_ratio))
+            if se_ratio > 0 and not inner_se
+            else None
+        )
+        # RegNetY's placement: after the 3x3 conv, squeezing to se_ratio x the block's input.
+        self.se_inner = (
+            SqueezeExcite(stage.inner_width, SqueezeExcite.reduced_from_input(in_ch, se_ratio))
+            if inner_se
+            else None
+        )
         self.shortcut = make_shortcut(stage.skip, in_ch, out, stride, preact)
         # Pre-activation projections read the activated input, like He et al.'s code.
         self.shortcut_reads_preact = preact and isinstance(self.shortcut, Projection)
@@ -245,10 +267,14 @@ class ResidualBlock(nn.Module):
         se_ratio: float,
         h: int,
         w: int,
+        se_position: str = "branch",
     ) -> Cost:
         c = cls._branch_cost(in_ch, stage, stride, preact, h, w)
         out = stage.branch_out
-        if se_ratio > 0:
+        if se_ratio > 0 and se_position == "inner" and cls.takes_inner_se:
+            reduced = SqueezeExcite.reduced_from_input(in_ch, se_ratio)
+            c = c + SqueezeExcite.cost(stage.inner_width, reduced, c.height, c.width)
+        elif se_ratio > 0:
             c = c + SqueezeExcite.cost(out, SqueezeExcite.reduced(out, se_ratio), c.height, c.width)
         if stage.skip != "none":
             s = shortcut_cost(stage.skip, in_ch, out, stride, preact, h, w)
@@ -300,6 +326,7 @@ class BottleneckBlock(ResidualBlock):
     """1x1 reduce, 3x3 grouped conv with the stride (torchvision v1.5), 1x1 expand."""
 
     expansion = 4  # the class default; a stage may set its own (`StageSpec.expansion`)
+    takes_inner_se = True
 
     def __init__(self, in_ch: int, stage: StageSpec, stride: int, **options) -> None:
         super().__init__(in_ch, stage, stride, **options)
@@ -316,10 +343,14 @@ class BottleneckBlock(ResidualBlock):
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         if self.preact:
-            x = F.relu(self.bn2(self.conv1(x)))
-            return self.conv3(F.relu(self.bn3(self.conv2(x))))
+            x = self.conv2(F.relu(self.bn2(self.conv1(x))))
+            if self.se_inner is not None:
+                x = self.se_inner(x)
+            return self.conv3(F.relu(self.bn3(x)))
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
+        if self.se_inner is not None:
+            x = self.se_inner(x)
         return self.bn3(self.conv3(x))
 
     @staticmethod
@@ -363,6 +394,7 @@ class ResidualStage(nn.Sequential):
                     stride,
                     preact=spec.preact,
                     se_ratio=spec.se_ratio,
+                    se_position=spec.se_position,
                     zero_init_residual=spec.zero_init_residual,
                 )
                 for channels, stride in block_inputs(stage, in_ch)
@@ -376,6 +408,13 @@ class ResidualStage(nn.Sequential):
         total = Cost(0, 0, h, w)
         for channels, stride in block_inputs(stage, in_ch):
             total = total + block_cls.cost(
-                channels, stage, stride, spec.preact, spec.se_ratio, total.height, total.width
+                channels,
+                stage,
+                stride,
+                spec.preact,
+                spec.se_ratio,
+                total.height,
+                total.width,
+                spec.se_position,
             )
         return total

@@ -82,7 +82,8 @@ def render_text(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> st
     if spec.zero_init_residual:
         options.append("zero-init residual")
     if spec.se_ratio and spec.uses_resnet_blocks:
-        options.append(f"SE {spec.se_ratio:g}")
+        inner = spec.se_position == "inner" and any(s.block == "bottleneck" for s in spec.stages)
+        options.append(f"SE {spec.se_ratio:g}{' after the 3x3' if inner else ''}")
     if spec.stem in ("patch", "patch_ln"):
         options.append(f"patch {spec.patch_size}")
     if spec.layer_scale:

@@ -17,7 +17,7 @@ A space file (packaged preset or user file) looks like::
 
 Top-level choices: `stem`, `stem_width`, `preact`, `zero_init_residual`, `se_ratio`,
 `num_stages` (a prefix of `stages` is used), `patch_size`, `layer_scale`, `drop_path`,
-`pos_embed`, `pool`. Stage fields: those of `StageSpec`. Block-specific fields are asked only
+`pos_embed`, `pool`, `se_position`. Stage fields: those of `StageSpec`. Block-specific fields are asked only
 of stages whose sampled block reads them (`BLOCK_FIELDS`: `expansion` of bottleneck, dense,
 convnext and transformer blocks; `groups` and `width_per_group` of bottlenecks; `compression`
 of dense blocks; `heads` of transformers), so `block: [basic, dense, transformer]` mixes
@@ -41,6 +41,7 @@ from search_spaces.spec import (
     BLOCK_FIELDS,
     BLOCK_TYPES,
     POOL_TYPES,
+    SE_POSITIONS,
     SKIP_TYPES,
     STEM_TYPES,
     ArchitectureSpec,
@@ -66,6 +67,7 @@ GLOBAL_ORDER = (
     "drop_path",
     "pos_embed",
     "pool",
+    "se_position",
 )
 TOP_KEYS = ("name", "description", "constraints", "train", "shared", "stages", *GLOBAL_ORDER)
 CONSTRAINT_KEYS = ("max_params", "max_flops")
@@ -141,6 +143,7 @@ GLOBAL_KINDS: dict[str, _Kind] = {
     ),
     "pos_embed": _Kind("an integer >= 0 (0 = none)", lambda v: _is_int(v, 0), integer=True),
     "pool": _one_of(POOL_TYPES),
+    "se_position": _one_of(SE_POSITIONS),
 }
 _STAGE_DEFAULTS = {f.name: f.default for f in fields(StageSpec) if f.name not in ("depth", "width")}
 _GLOBAL_DEFAULTS = {f.name: f.default for f in fields(ArchitectureSpec) if f.name in GLOBAL_KINDS}
@@ -318,6 +321,7 @@ class SearchSpace:
                 drop_path=glob["drop_path"],
                 pos_embed=glob["pos_embed"],
                 pool=glob["pool"],
+                se_position=glob["se_position"],
             )
         except ValueError as exc:
             raise SpaceError(f"{self.source}: sampled an invalid architecture: {exc}") from exc

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-STEM_TYPES = ("imagenet", "cifar", "patch", "patch_ln", "none")
+STEM_TYPES = ("imagenet", "cifar", "regnet", "patch", "patch_ln", "none")
+SE_POSITIONS = ("branch", "inner")
 BLOCK_TYPES = ("basic", "bottleneck", "dense", "convnext", "transformer")
 SKIP_TYPES = ("identity", "zero_pad", "projection", "gated", "dense", "none")
 POOL_TYPES = ("avg", "token")
@@ -215,7 +216,8 @@ class ArchitectureSpec:
 
     Args:
         stages: the stages, input to output.
-        stem: `imagenet` (7x7/2 conv + 3x3/2 max-pool), `cifar` (3x3/1 conv), `patch`
+        stem: `imagenet` (7x7/2 conv + 3x3/2 max-pool), `cifar` (3x3/1 conv), `regnet`
+            (3x3/2 conv, no pool), `patch`
             (ViT's patch embedding: a `patch_size` x `patch_size` conv with that stride),
             `patch_ln` (the same + LayerNorm: ConvNeXt's patchify stem) or `none`.
         stem_width: output channels of the stem (ignored, = in_channels, for `none`).
@@ -224,6 +226,9 @@ class ArchitectureSpec:
         preact: pre-activation blocks (BN-ReLU-conv, He et al. 2016 "Identity Mappings").
         zero_init_residual: zero-initialise the last norm of each residual branch.
         se_ratio: squeeze-excitation reduction ratio on each basic/bottleneck branch (0 = off).
+        se_position: `branch` (on the branch output, squeezing to se_ratio x its channels:
+            SE-ResNet) or `inner` (a bottleneck's SE after its 3x3 conv, squeezing to
+            se_ratio x the block's input channels: RegNetY; basic blocks keep `branch`).
         patch_size: kernel and stride of a `patch` / `patch_ln` stem.
         layer_scale: initial value of a learned per-channel scale on each convnext and
             transformer branch (CaiT / ConvNeXt: 1e-6); 0 = no scale.
@@ -244,6 +249,7 @@ class ArchitectureSpec:
     preact: bool = False
     zero_init_residual: bool = False
     se_ratio: float = 0.0
+    se_position: str = "branch"
     patch_size: int = 4
     layer_scale: float = 0.0
     drop_path: float = 0.0
@@ -270,6 +276,7 @@ class ArchitectureSpec:
         ):
             raise _fail("se_ratio", self.se_ratio, "a number in [0, 1) (0 = off)")
         object.__setattr__(self, "se_ratio", float(self.se_ratio))
+        _check_choice("se_position", self.se_position, SE_POSITIONS)
         _check_int("patch_size", self.patch_size, 1)
         object.__setattr__(self, "layer_scale", _check_number(
             "layer_scale", self.layer_scale, 0.0, 1e3, "a number >= 0 (0 = off)"
@@ -457,6 +464,10 @@ class ArchitectureSpec:
         }
         if self.stem in ("patch", "patch_ln"):
             data["patch_size"] = self.patch_size
+        if self.se_ratio and self.se_position != "branch" and any(
+            s.block == "bottleneck" for s in self.stages
+        ):
+            data["se_position"] = self.se_position
         if modern_additive and self.layer_scale:
             data["layer_scale"] = self.layer_scale
         if modern_additive and self.drop_path:
@@ -496,6 +507,7 @@ def block_label(stage: StageSpec) -> str:
 
 
 _SPEC_DEFAULTS = {
+    "se_position": "branch",
     "patch_size": 4, "layer_scale": 0.0, "drop_path": 0.0, "pos_embed": 0, "pool": "avg"
 }
 

@@ -86,6 +86,65 @@ def preact_resnet18(name: str | None = None) -> ArchitectureSpec:
     )
 
 
+def regnet_stage(depth: int, width: int, group_width: int, stride: int = 2) -> StageSpec:
+    """A RegNet stage (bottleneck multiplier 1: inner width = output width = `width`, in
+    groups of `group_width` channels) as a bottleneck StageSpec.
+
+    The spec writes a bottleneck's inner width as int(width x width_per_group / 64) x groups
+    and its output as width x expansion; the smallest expansion for which some integer
+    width_per_group gives exactly `group_width` channels per group is chosen. The canonical
+    form keeps only the resulting inner width, so the id is that of the network.
+    """
+    if width % group_width:
+        raise ValueError(f"`width` got {width}; allowed: a multiple of group_width {group_width}")
+    groups = width // group_width
+    for expansion in range(1, width + 1):
+        if width % expansion:
+            continue
+        planes = width // expansion
+        per_group = -(-group_width * 64 // planes)  # the smallest that can reach group_width
+        stage = StageSpec(
+            depth=depth,
+            width=planes,
+            stride=stride,
+            block="bottleneck",
+            expansion=expansion,
+            groups=groups,
+            width_per_group=per_group,
+        ) if int(planes * (per_group / 64.0)) == group_width else None
+        if stage is not None and stage.inner_width == width:
+            return stage
+    raise ValueError(f"`width` got {width}; no bottleneck writing has {group_width}-wide groups")
+
+
+def regnet_y(
+    depths: tuple[int, ...], widths: tuple[int, ...], group_width: int, *,
+    name: str | None = None,
+) -> ArchitectureSpec:
+    """A torchvision RegNetY (Radosavovic et al. 2020): 3x3/2 stem of 32 channels, stages of
+    bottlenecks (multiplier 1, group convs, stride 2 each), SE (ratio 0.25 of the block's
+    input) after the 3x3 conv.
+
+    Args:
+        depths: blocks per stage (RegNetY-400MF: 1, 3, 6, 6).
+        widths: channels per stage (48, 104, 208, 440).
+        group_width: channels per group of the 3x3 convs (8).
+        name: label stored in the spec.
+    """
+    stages = tuple(
+        regnet_stage(d, w, group_width) for d, w in zip(depths, widths, strict=True)
+    )
+    return ArchitectureSpec(
+        stages=stages,
+        stem="regnet",
+        stem_width=32,
+        num_classes=1000,
+        se_ratio=0.25,
+        se_position="inner",
+        name=name,
+    )
+
+
 def densenet(
     layers: tuple[int, ...], *, growth: int = 32, stem_width: int = 64, name: str | None = None
 ) -> ArchitectureSpec:
@@ -194,6 +253,7 @@ _REGISTRY: dict[str, Callable[[str], ArchitectureSpec]] = {
     "resnext101_32x8d": lambda n: imagenet_resnet(
         (3, 4, 23, 3), "bottleneck", groups=32, width_per_group=8, name=n
     ),
+    "regnet_y_400mf": lambda n: regnet_y((1, 3, 6, 6), (48, 104, 208, 440), 8, name=n),
     "densenet121": lambda n: densenet((6, 12, 24, 16), name=n),
     "densenet169": lambda n: densenet((6, 12, 32, 32), name=n),
     "densenet201": lambda n: densenet((6, 12, 48, 32), name=n),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import optuna
 import pytest
 import torch
@@ -64,9 +66,11 @@ def test_complexity_matches_the_zoo_models(name):
 @pytest.mark.parametrize("skip", SKIP_TYPES)
 @pytest.mark.parametrize("block", ["basic", "bottleneck"])
 @pytest.mark.parametrize("preact", [False, True])
-def test_complexity_matches_every_block_option_on_cpu(skip, block, preact):
-    spec = small_spec(skip, block, preact=preact, se_ratio=0.25)
+@pytest.mark.parametrize("se_position", ["branch", "inner"])
+def test_complexity_matches_every_block_option_on_cpu(skip, block, preact, se_position):
+    spec = small_spec(skip, block, preact=preact, se_ratio=0.25, se_position=se_position)
     assert_matches(spec, 9)  # odd size: strided layers round up
+    assert_matches(replace(spec, stem="regnet"), 9)
 
 
 MODERN = {

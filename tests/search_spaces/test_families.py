@@ -14,6 +14,7 @@ from search_spaces import build_model, complexity, load_space, zoo
 from search_spaces.layers import drop_path_rates
 from search_spaces.space import SpaceError
 from search_spaces.spec import ArchitectureSpec, StageSpec
+from tests.search_spaces.test_cost import assert_matches
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -188,6 +189,28 @@ def test_mixed_families_train_and_round_trip_through_dict_and_state_dict(spec_fn
         assert torch.equal(model(x), rebuilt(x))
 
 
+def test_regnet_y_puts_its_squeeze_excitation_after_the_3x3_conv():
+    with torch.device("meta"):
+        model = build_model(zoo.get("regnet_y_400mf"))
+    shapes = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    assert shapes["stem.conv.weight"] == (32, 3, 3, 3) and model.stem.pool is None
+    block = model.stages[1][1]  # 104 channels in, groups of 8
+    assert block.se is None and block.conv2.groups == 13
+    # squeeze to round(0.25 x 104) = 26 channels of the 104-wide 3x3 output
+    assert shapes["stages.1.1.se_inner.reduce.weight"] == (26, 104, 1, 1)
+    assert [s.inner_width for s in zoo.get("regnet_y_400mf").stages] == [48, 104, 208, 440]
+
+
+def test_se_position_matters_only_where_a_bottleneck_has_se():
+    spec = zoo.get("regnet_y_400mf")
+    assert replace(spec, se_position="branch").arch_id != spec.arch_id
+    basic = zoo.get("resnet18")
+    assert replace(basic, se_position="inner").arch_id == basic.arch_id  # no se_ratio
+    with_se = replace(basic, se_ratio=0.25)
+    assert replace(with_se, se_position="inner").arch_id == with_se.arch_id  # no bottleneck
+    assert "se_position" not in zoo.get("resnet50").to_dict()
+
+
 # -- the residual claim, per family --------------------------------------------------------------
 def _first_layer_gradient(block: str, skip: str, depth: int, seed: int) -> float:
     torch.manual_seed(seed)
@@ -291,6 +314,7 @@ def test_fields_a_block_ignores_do_not_change_its_id():
         (lambda: token_spec("transformer", drop_path=1.0), "`drop_path`"),
         (lambda: token_spec("transformer", patch_size=0), "`patch_size`"),
         (lambda: token_spec("transformer", stem="vit"), "`stem`"),
+        (lambda: token_spec("transformer", se_position="middle"), "`se_position`"),
     ],
 )
 def test_invalid_new_fields_name_the_field_and_what_is_allowed(make, named):
@@ -363,3 +387,35 @@ def test_presets_carry_their_familys_recipe():
     assert load_space("convnext").train == {"optimizer": "adamw", "lr": 0.003}
     assert load_space("hybrid").train["optimizer"] == "adamw"
     assert load_space("densenet").train == {} and load_space("resnet").train == {}
+
+
+ALL_FIVE = """
+name: all-five
+stem: cifar
+stem_width: 8
+pos_embed: 2
+shared:
+  block: [basic, bottleneck, dense, convnext, transformer]
+  skip: [identity, gated, none]
+  expansion: [1, 2]
+  heads: [1, 2]
+stages:
+  - {stride: 1, depth: [1, 2], width: [8, 16]}
+  - {stride: 2, depth: [1, 2], width: [16, 32]}
+"""
+
+
+def test_all_five_blocks_mix_in_one_space_and_every_sample_builds(tmp_path):
+    path = tmp_path / "all-five.yaml"
+    path.write_text(ALL_FIVE)
+    space = load_space(str(path))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    blocks = set()
+    for _ in range(40):
+        trial = study.ask()
+        spec = space.suggest(trial, in_channels=3, num_classes=10)
+        blocks.update(s.block for s in spec.stages)
+        assert_matches(spec, 8)
+        assert "heads" not in trial.params or spec.stages[0].block == "transformer"
+        study.tell(trial, 0.0)
+    assert blocks == {"basic", "bottleneck", "dense", "convnext", "transformer"}
