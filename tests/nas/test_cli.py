@@ -83,6 +83,19 @@ def test_spaces_and_show_print_the_presets_and_a_stage_table():
     assert missing.returncode == 2 and "resnet50" in missing.stderr
 
 
+def test_show_prints_the_new_families_at_their_own_input_size():
+    for name, needle in (("densenet121", "params 7,978,856  MACs 2,834,161,664"),
+                         ("vit_b_16", "params 86,567,656  MACs 17,563,828,224"),
+                         ("hybrid_digits", "1x8x8 input")):
+        shown = nas("show", name)
+        assert shown.returncode == 0, shown.stderr
+        assert needle in shown.stdout, name
+    assert "transformer h4 x2" in nas("show", "hybrid_digits").stdout
+    spaces = nas("spaces").stdout
+    for name in ("densenet", "convnext", "hybrid", "densenet-imagenet", "convnext-imagenet"):
+        assert name in spaces
+
+
 def test_dashboard_serves_on_localhost_only(tmp_path):
     import socket
     import time
