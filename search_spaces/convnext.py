@@ -14,16 +14,17 @@ from torch import nn
 from search_spaces.layers import (
     LN_EPS,
     Cost,
+    PreNormBlock,
     Residual,
-    StageEntry,
-    drop_path_rates,
+    entry_cost,
     linear_cost,
-    trunc_normal_init,
+    make_blocks,
+    make_entry,
 )
-from search_spaces.spec import ADDITIVE_SKIPS, ArchitectureSpec, StageSpec
+from search_spaces.spec import ArchitectureSpec, StageSpec
 
 
-class ConvNeXtBlock(nn.Module):
+class ConvNeXtBlock(PreNormBlock):
     """x + drop(scale * pw2(GELU(pw1(LN(dwconv7x7(x))))))."""
 
     def __init__(
@@ -34,17 +35,13 @@ class ConvNeXtBlock(nn.Module):
         drop_rate: float = 0.0,
         zero_init_residual: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(stage, zero_init_residual)
         width = stage.width
         self.dwconv = nn.Conv2d(width, width, 7, padding=3, groups=width, bias=True)
         self.norm = nn.LayerNorm(width, eps=LN_EPS)
         self.pw1 = nn.Linear(width, stage.inner_width)
         self.pw2 = nn.Linear(stage.inner_width, width)
         self.res = Residual(width, stage.skip, layer_scale, drop_rate)
-        self.zero_init_residual = zero_init_residual and stage.skip in ADDITIVE_SKIPS
-
-    def own_init(self) -> None:
-        trunc_normal_init(self)
 
     def start_as_identity(self) -> None:
         self.res.start_as_identity(self.pw2)
@@ -69,20 +66,8 @@ class ConvNeXtStage(nn.Module):
     def __init__(self, spec: ArchitectureSpec, index: int, in_ch: int) -> None:
         super().__init__()
         stage = spec.stages[index]
-        self.entry = (
-            StageEntry(in_ch, stage.width, stage.stride) if stage.has_entry(in_ch) else None
-        )
-        self.blocks = nn.Sequential(
-            *(
-                ConvNeXtBlock(
-                    stage,
-                    layer_scale=spec.layer_scale,
-                    drop_rate=rate,
-                    zero_init_residual=spec.zero_init_residual,
-                )
-                for rate in drop_path_rates(spec)[index]
-            )
-        )
+        self.entry = make_entry(stage, in_ch)
+        self.blocks = make_blocks(ConvNeXtBlock, spec, index)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.entry is not None:
@@ -92,9 +77,7 @@ class ConvNeXtStage(nn.Module):
     @staticmethod
     def cost(spec: ArchitectureSpec, index: int, in_ch: int, h: int, w: int) -> Cost:
         stage = spec.stages[index]
-        total = Cost(0, 0, h, w)
-        if stage.has_entry(in_ch):
-            total = total + StageEntry.cost(in_ch, stage.width, stage.stride, h, w)
+        total = entry_cost(stage, in_ch, h, w)
         for _ in range(stage.depth):
             total = total + ConvNeXtBlock.cost(stage, spec.layer_scale, total.height, total.width)
         return total

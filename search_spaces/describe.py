@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from search_spaces.cost import stage_costs
-from search_spaces.spec import ArchitectureSpec
+from search_spaces.spec import ArchitectureSpec, block_label
 
 COLUMNS = ("part", "blocks", "block", "skip", "stride", "channels", "output", "params", "MACs")
 
@@ -49,13 +49,7 @@ def _block_text(stage: Any) -> str:
         if stage.groups > 1:
             text += f" g{stage.groups}"
         return text + f" inner {stage.inner_width}"
-    if stage.block == "dense":
-        return f"dense x{stage.expansion} c{stage.compression:g}"
-    if stage.block == "convnext":
-        return f"convnext x{stage.expansion}"
-    if stage.block == "transformer":
-        return f"transformer h{stage.heads} x{stage.expansion}"
-    return stage.block
+    return block_label(stage)
 
 
 def human(n: float) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.spec import TOKEN_BLOCKS, ArchitectureSpec
+from search_spaces.spec import ADDITIVE_SKIPS, TOKEN_BLOCKS, ArchitectureSpec, StageSpec
 
 # LayerNorm epsilon of ConvNeXt and torchvision's ViT.
 LN_EPS = 1e-6
@@ -199,3 +199,42 @@ class Residual(nn.Module):
         adds = skip != "none"
         params = (width if adds and layer_scale > 0 else 0) + (1 if skip == "gated" else 0)
         return Cost(params, 0, h, w)
+
+
+class PreNormBlock(nn.Module):
+    """What convnext and transformer blocks share: their family's initialisation, and an
+    identity start (`start_as_identity`) where `zero_init_residual` meets an adding skip."""
+
+    def __init__(self, stage: StageSpec, zero_init_residual: bool) -> None:
+        super().__init__()
+        self.zero_init_residual = zero_init_residual and stage.skip in ADDITIVE_SKIPS
+
+    def own_init(self) -> None:
+        trunc_normal_init(self)
+
+
+def make_entry(stage: StageSpec, in_ch: int) -> StageEntry | None:
+    """A convnext or transformer stage's entry layer, where its stride or width changes."""
+    return StageEntry(in_ch, stage.width, stage.stride) if stage.has_entry(in_ch) else None
+
+
+def make_blocks(block_cls: type[nn.Module], spec: ArchitectureSpec, index: int) -> nn.Sequential:
+    """The blocks of stage `index`, each with its stochastic-depth rate (names `0`, `1`, ...)."""
+    return nn.Sequential(
+        *(
+            block_cls(
+                spec.stages[index],
+                layer_scale=spec.layer_scale,
+                drop_rate=rate,
+                zero_init_residual=spec.zero_init_residual,
+            )
+            for rate in drop_path_rates(spec)[index]
+        )
+    )
+
+
+def entry_cost(stage: StageSpec, in_ch: int, h: int, w: int) -> Cost:
+    """Cost of `make_entry(stage, in_ch)` (nothing, where there is no entry layer)."""
+    if stage.has_entry(in_ch):
+        return StageEntry.cost(in_ch, stage.width, stage.stride, h, w)
+    return Cost(0, 0, h, w)

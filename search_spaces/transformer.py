@@ -16,13 +16,14 @@ from torch import nn
 from search_spaces.layers import (
     LN_EPS,
     Cost,
+    PreNormBlock,
     Residual,
-    StageEntry,
-    drop_path_rates,
+    entry_cost,
     linear_cost,
-    trunc_normal_init,
+    make_blocks,
+    make_entry,
 )
-from search_spaces.spec import ADDITIVE_SKIPS, ArchitectureSpec, StageSpec
+from search_spaces.spec import ArchitectureSpec, StageSpec
 
 
 class SelfAttention(nn.Module):
@@ -52,7 +53,7 @@ class SelfAttention(nn.Module):
         return qkv + proj + Cost(0, 2 * tokens * tokens * width, h, w)
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(PreNormBlock):
     """x + drop(s1 * MHSA(LN(x))), then x + drop(s2 * MLP(LN(x))); MLP = Linear-GELU-Linear."""
 
     def __init__(
@@ -63,7 +64,7 @@ class TransformerBlock(nn.Module):
         drop_rate: float = 0.0,
         zero_init_residual: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(stage, zero_init_residual)
         width = stage.width
         self.norm1 = nn.LayerNorm(width, eps=LN_EPS)
         self.attn = SelfAttention(width, stage.heads)
@@ -72,10 +73,6 @@ class TransformerBlock(nn.Module):
         self.fc1 = nn.Linear(width, stage.inner_width)
         self.fc2 = nn.Linear(stage.inner_width, width)
         self.res2 = Residual(width, stage.skip, layer_scale, drop_rate)
-        self.zero_init_residual = zero_init_residual and stage.skip in ADDITIVE_SKIPS
-
-    def own_init(self) -> None:
-        trunc_normal_init(self)
 
     def start_as_identity(self) -> None:
         self.res1.start_as_identity(self.attn.proj)
@@ -107,7 +104,7 @@ class TransformerStage(nn.Module):
         super().__init__()
         stage = spec.stages[index]
         width = stage.width
-        self.entry = StageEntry(in_ch, width, stage.stride) if stage.has_entry(in_ch) else None
+        self.entry = make_entry(stage, in_ch)
         self.returns_tokens = index == len(spec.stages) - 1
         has_token = spec.pool == "token" and self.returns_tokens
         self.token = nn.Parameter(torch.zeros(1, 1, width)) if has_token else None
@@ -116,17 +113,7 @@ class TransformerStage(nn.Module):
         if self.grid:
             self.pos = nn.Parameter(torch.empty(1, self.grid**2 + int(has_token), width))
             nn.init.normal_(self.pos, std=0.02)
-        self.blocks = nn.Sequential(
-            *(
-                TransformerBlock(
-                    stage,
-                    layer_scale=spec.layer_scale,
-                    drop_rate=rate,
-                    zero_init_residual=spec.zero_init_residual,
-                )
-                for rate in drop_path_rates(spec)[index]
-            )
-        )
+        self.blocks = make_blocks(TransformerBlock, spec, index)
 
     def positions(self, h: int, w: int) -> torch.Tensor:
         """The position embedding for an h x w map: the learned grid, resized if it differs."""
@@ -156,9 +143,7 @@ class TransformerStage(nn.Module):
     def cost(spec: ArchitectureSpec, index: int, in_ch: int, h: int, w: int) -> Cost:
         stage = spec.stages[index]
         width = stage.width
-        total = Cost(0, 0, h, w)
-        if stage.has_entry(in_ch):
-            total = total + StageEntry.cost(in_ch, width, stage.stride, h, w)
+        total = entry_cost(stage, in_ch, h, w)
         h, w = total.height, total.width
         has_token = spec.pool == "token" and index == len(spec.stages) - 1
         tokens = h * w + int(has_token)

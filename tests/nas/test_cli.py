@@ -90,7 +90,7 @@ def test_show_prints_the_new_families_at_their_own_input_size():
         shown = nas("show", name)
         assert shown.returncode == 0, shown.stderr
         assert needle in shown.stdout, name
-    assert "transformer h4 x2" in nas("show", "hybrid_digits").stdout
+    assert "transformer(h4,x2)" in nas("show", "hybrid_digits").stdout
     spaces = nas("spaces").stdout
     for name in ("densenet", "convnext", "hybrid", "densenet-imagenet", "convnext-imagenet"):
         assert name in spaces

@@ -15,6 +15,7 @@ from search_spaces.layers import drop_path_rates
 from search_spaces.space import SpaceError
 from search_spaces.spec import ArchitectureSpec, StageSpec
 from tests.search_spaces.test_cost import assert_matches
+from tests.search_spaces.test_space import sample
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -335,17 +336,13 @@ def test_summary_and_total_depth_of_the_new_families():
 def test_a_mixed_space_asks_each_stage_only_what_its_block_reads():
     space = load_space("hybrid")
     asked: list[set[str]] = []
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     blocks_seen = set()
-    for _ in range(60):
-        trial = study.ask()
-        spec = space.suggest(trial, in_channels=1, num_classes=10)
+    for trial, spec in sample(space, 60, in_channels=1):
         blocks_seen.update(s.block for s in spec.stages)
         for i, stage in enumerate(spec.stages, 1):
             if stage.block == "dense":
                 assert f"stage{i}.skip" not in trial.params  # a dense block always concatenates
         asked.append(set(trial.params))
-        study.tell(trial, 0.0)
         assert complexity(spec, 8).params <= space.constraints["max_params"]
     assert blocks_seen == {"basic", "dense", "transformer"}
     assert len({frozenset(a) for a in asked}) > 1  # conditional labels
@@ -409,13 +406,9 @@ def test_all_five_blocks_mix_in_one_space_and_every_sample_builds(tmp_path):
     path = tmp_path / "all-five.yaml"
     path.write_text(ALL_FIVE)
     space = load_space(str(path))
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     blocks = set()
-    for _ in range(40):
-        trial = study.ask()
-        spec = space.suggest(trial, in_channels=3, num_classes=10)
+    for trial, spec in sample(space, 40):
         blocks.update(s.block for s in spec.stages)
         assert_matches(spec, 8)
         assert "heads" not in trial.params or spec.stages[0].block == "transformer"
-        study.tell(trial, 0.0)
     assert blocks == {"basic", "bottleneck", "dense", "convnext", "transformer"}
