@@ -340,28 +340,30 @@ def spaces() -> None:
 @user_errors
 def show(
     arch: Annotated[str, typer.Argument(help="A zoo name (resnet50, resnet20, ...) or an architecture.json.")],
-    input_size: Annotated[int, typer.Option(help="Input resolution for FLOPs (0: the zoo model's own, 224 or 32; 32 for a file).")] = 0,
+    input_size: Annotated[int, typer.Option(help="Input resolution for FLOPs (0: the size a bundle's architecture.json records, else the zoo model's own: 224, 32 or 8).")] = 0,
 ) -> None:
     """Print an architecture's stage table with params and FLOPs per stage."""
     from search_spaces import ArchitectureSpec, zoo
     from search_spaces.describe import render_text
 
     path = Path(arch)
-    native = 32
+    size = (input_size, input_size) if input_size else None
     try:
         if path.suffix == ".json" or path.is_file():
             if not path.is_file():
                 raise UserError(f"architecture file `{arch}` does not exist")
             data = json.loads(path.read_text())
             spec = ArchitectureSpec.from_dict(data.get("spec", data))
-            native = 224 if spec.stem == "imagenet" else 32
+            recorded = data.get("input") if isinstance(data.get("input"), dict) else {}
+            if size is None and recorded.get("height") and recorded.get("width"):
+                size = (int(recorded["height"]), int(recorded["width"]))  # what it trained on
+            native = 224 if spec.num_classes == 1000 else 32
         else:
             spec = zoo.get(arch)
             native = zoo.input_size(arch)
     except (ValueError, TypeError, AttributeError) as exc:
         raise UserError(f"{arch}: {exc}") from None
-    size = input_size or native
-    console.print(render_text(spec, (size, size)), highlight=False)
+    console.print(render_text(spec, size or (native, native)), highlight=False)
 
 
 # -- store views --------------------------------------------------------------------------------

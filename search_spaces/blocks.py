@@ -23,7 +23,7 @@ from search_spaces.layers import (
     pad_to_multiple,
     trunc_normal_init,
 )
-from search_spaces.spec import ADDITIVE_SKIPS, ArchitectureSpec, StageSpec
+from search_spaces.spec import ZERO_INIT_SKIPS, ArchitectureSpec, StageSpec
 
 # -- stem ----------------------------------------------------------------------------------
 # (kernel, stride) of the conv stems.
@@ -228,7 +228,7 @@ class ResidualBlock(nn.Module):
         # Pre-activation projections read the activated input, like He et al.'s code.
         self.shortcut_reads_preact = preact and isinstance(self.shortcut, Projection)
         self.gate = nn.Parameter(torch.zeros(())) if stage.skip == "gated" else None
-        self.zero_init_residual = zero_init_residual and stage.skip in ADDITIVE_SKIPS
+        self.zero_init_residual = zero_init_residual and stage.skip in ZERO_INIT_SKIPS
 
     def last_norm(self) -> nn.BatchNorm2d:
         raise NotImplementedError

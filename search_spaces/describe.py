@@ -69,22 +69,23 @@ def render_text(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> st
     """
     table = stage_table(spec, input_size)
     size = input_size if isinstance(input_size, tuple) else (input_size, input_size)
+    canonical = spec.canonical_dict()  # what shapes this network, and nothing else
     options = [f"stem {spec.stem}", f"{spec.in_channels}x{size[0]}x{size[1]} input"]
     options.append(f"{spec.num_classes} classes")
     if spec.preact and spec.preact_matters:
         options.append("pre-activation")
-    if spec.zero_init_residual:
+    if canonical["zero_init_residual"]:
         options.append("zero-init residual")
     if spec.se_ratio and spec.uses_resnet_blocks:
         inner = spec.se_position == "inner" and any(s.block == "bottleneck" for s in spec.stages)
         options.append(f"SE {spec.se_ratio:g}{' after the 3x3' if inner else ''}")
     if spec.stem in ("patch", "patch_ln"):
         options.append(f"patch {spec.patch_size}")
-    if spec.layer_scale:
+    if "layer_scale" in canonical:
         options.append(f"layer scale {spec.layer_scale:g}")
-    if spec.drop_path:
+    if "drop_path" in canonical:
         options.append(f"stochastic depth {spec.drop_path:g}")
-    if spec.pos_embed and any(s.block == "transformer" for s in spec.stages):
+    if "pos_embed" in canonical:
         options.append(f"{spec.pos_embed}x{spec.pos_embed} position embedding")
     if spec.pool == "token":
         options.append("class token")

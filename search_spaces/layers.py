@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from search_spaces.spec import ADDITIVE_SKIPS, TOKEN_BLOCKS, ArchitectureSpec, StageSpec
+from search_spaces.spec import ZERO_INIT_SKIPS, ArchitectureSpec, StageSpec
 
 # LayerNorm epsilon of ConvNeXt and torchvision's ViT.
 LN_EPS = 1e-6
@@ -91,26 +91,6 @@ class DropPath(nn.Module):
         keep = 1.0 - self.rate
         mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
         return x * mask / keep
-
-
-def drop_path_rates(spec: ArchitectureSpec) -> list[list[float]]:
-    """Per stage, per block: the stochastic-depth rate of each convnext/transformer block.
-
-    The linear decay rule of ConvNeXt and DeiT, over those blocks in network order: 0 at the
-    first, `spec.drop_path` at the last. Other blocks get 0.
-    """
-    count = sum(s.depth for s in spec.stages if s.block in TOKEN_BLOCKS)
-    rates, seen = [], 0
-    for stage in spec.stages:
-        row = []
-        for _ in range(stage.depth):
-            if stage.block in TOKEN_BLOCKS:
-                row.append(spec.drop_path * seen / max(1, count - 1))
-                seen += 1
-            else:
-                row.append(0.0)
-        rates.append(row)
-    return rates
 
 
 def pad_to_multiple(x: torch.Tensor, m: int) -> torch.Tensor:
@@ -203,11 +183,12 @@ class Residual(nn.Module):
 
 class PreNormBlock(nn.Module):
     """What convnext and transformer blocks share: their family's initialisation, and an
-    identity start (`start_as_identity`) where `zero_init_residual` meets an adding skip."""
+    identity start (`start_as_identity`) where `zero_init_residual` meets an adding skip
+    other than `gated` (whose gate starts at 0)."""
 
     def __init__(self, stage: StageSpec, zero_init_residual: bool) -> None:
         super().__init__()
-        self.zero_init_residual = zero_init_residual and stage.skip in ADDITIVE_SKIPS
+        self.zero_init_residual = zero_init_residual and stage.skip in ZERO_INIT_SKIPS
 
     def own_init(self) -> None:
         trunc_normal_init(self)
@@ -228,7 +209,7 @@ def make_blocks(block_cls: type[nn.Module], spec: ArchitectureSpec, index: int) 
                 drop_rate=rate,
                 zero_init_residual=spec.zero_init_residual,
             )
-            for rate in drop_path_rates(spec)[index]
+            for rate in spec.drop_path_rates()[index]
         )
     )
 

@@ -343,13 +343,15 @@ class SearchSpace:
                 index, key = label[len("stage") :].split(".", 1)
                 stage = spec.stages[int(index) - 1]
                 return getattr(stage, key)
-            # A shared field: the first stage it applies to speaks for all (checked below).
+            # A shared field: the first stage that reads it speaks for all (checked below);
+            # a dense stage reads no skip. None (no reader): any allowed value will do.
             readers = [
                 s
                 for s in spec.stages
-                if label not in CONDITIONAL_FIELDS or label in BLOCK_FIELDS[s.block]
+                if (label not in CONDITIONAL_FIELDS or label in BLOCK_FIELDS[s.block])
+                and not (label == "skip" and s.block == "dense")
             ]
-            return getattr(readers[0], label)
+            return getattr(readers[0], label) if readers else None
 
         def pick(label: str, choice: Choice) -> Any:
             try:
@@ -530,6 +532,13 @@ class _Parser:
                         f"{kind.allowed} (required here or in `shared`)",
                     )
             blocks = (shared.get("block") or stage["block"]).values
+            if blocks == ("dense",) and "skip" in stage and not stage["skip"].fixed:
+                raise self.fail(
+                    f"{key}.skip",
+                    raw["skip"],
+                    "a choice only where the stage's `block` can be other than dense (a dense "
+                    "block always concatenates)",
+                )
             for field_name in CONDITIONAL_FIELDS:
                 varied = field_name in stage and not stage[field_name].fixed
                 readers = [b for b in BLOCK_TYPES if field_name in BLOCK_FIELDS[b]]

@@ -25,6 +25,9 @@ TOKEN_BLOCKS = ("convnext", "transformer")
 MODERN_SKIPS = ("identity", "zero_pad", "gated", "none")
 # Skips that add a shortcut to a residual branch.
 ADDITIVE_SKIPS = ("identity", "zero_pad", "projection", "gated")
+# Where `zero_init_residual` zeroes the end of the branch. Not `gated`: its gate starts at 0
+# already, and zeroing the branch too would leave both with zero gradient for good.
+ZERO_INIT_SKIPS = ("identity", "zero_pad", "projection")
 # Which stage fields each block reads beyond depth, width, stride and skip. The others are
 # ignored by that block (and dropped from its canonical form).
 BLOCK_FIELDS = {
@@ -296,6 +299,13 @@ class ArchitectureSpec:
         # Zero padding can add channels but never remove them (ResNet shortcut "A").
         channels = self.stem_out
         for i, stage in enumerate(stages):
+            if stage.entry_channels(channels) < 1:
+                raise _fail(
+                    f"stages[{i}].compression",
+                    stage.compression,
+                    f"a value that keeps at least 1 of the {channels} channels entering the "
+                    "transition",
+                )
             if (
                 stage.block in RESNET_BLOCKS
                 and stage.skip == "zero_pad"
@@ -340,6 +350,26 @@ class ArchitectureSpec:
             for s, c in zip(self.stages, self.stage_in_channels(), strict=True)
         )
         return stem + layers + 1
+
+    def drop_path_rates(self) -> list[list[float]]:
+        """Per stage, per block: the stochastic-depth rate of each block (0 where none).
+
+        The linear decay rule of ConvNeXt and DeiT over the convnext/transformer blocks in
+        network order: 0 at the first, `drop_path` at the last. Only blocks that add a
+        shortcut drop their branch; the others get 0.
+        """
+        count = sum(s.depth for s in self.stages if s.block in TOKEN_BLOCKS)
+        rates, seen = [], 0
+        for stage in self.stages:
+            row = []
+            for _ in range(stage.depth):
+                rate = 0.0
+                if stage.block in TOKEN_BLOCKS:
+                    rate = self.drop_path * seen / max(1, count - 1)
+                    seen += 1
+                row.append(rate if stage.skip in ADDITIVE_SKIPS else 0.0)
+            rates.append(row)
+        return rates
 
     @property
     def uses_resnet_blocks(self) -> bool:
@@ -415,8 +445,8 @@ class ArchitectureSpec:
         - `stem_width` means nothing without a stem.
         - On a stage whose blocks never change shape, `zero_pad` builds exactly what
           `identity` builds (x + F(x)), so both are written `identity`.
-        - The zero-init flag only matters where there is a residual branch to add to
-          (any skip but `none` and `dense`).
+        - The zero-init flag only matters where there is a residual branch it zeroes (an
+          adding skip other than `gated`, whose gate already starts at 0).
         - Each block keeps only the fields it reads (`BLOCK_FIELDS`).
         - `preact` only counts where it shapes something (the `cifar` stem, basic/bottleneck
           blocks); `se_ratio` only with basic/bottleneck blocks; `layer_scale` and
@@ -443,10 +473,13 @@ class ArchitectureSpec:
                 entry["inner_width"] = stage.inner_width
             elif stage.block != "basic":
                 entry.update({k: getattr(stage, k) for k in BLOCK_FIELDS[stage.block]})
+                if stage.block == "dense" and not stage.has_entry(channels):
+                    del entry["compression"]  # no transition to compress
             if stage.skip == "zero_pad" and not stage.changes_shape(channels):
                 entry["skip"] = "identity"
-            if entry["skip"] in ADDITIVE_SKIPS:
+            if entry["skip"] in ZERO_INIT_SKIPS:
                 any_additive = True
+            if entry["skip"] in ADDITIVE_SKIPS:
                 modern_additive = modern_additive or stage.block in TOKEN_BLOCKS
             has_transformer = has_transformer or stage.block == "transformer"
             stages.append(entry)
@@ -470,7 +503,7 @@ class ArchitectureSpec:
             data["se_position"] = self.se_position
         if modern_additive and self.layer_scale:
             data["layer_scale"] = self.layer_scale
-        if modern_additive and self.drop_path:
+        if self.drop_path and any(r > 0 for rates in self.drop_path_rates() for r in rates):
             data["drop_path"] = self.drop_path
         if has_transformer and self.pos_embed:
             data["pos_embed"] = self.pos_embed

@@ -3,6 +3,9 @@ hybrid) trains on Ray and exports in every format with parity; model.py runs sta
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -60,3 +63,12 @@ def test_a_search_on_each_new_preset_exports_with_parity(searched, preset, tmp_p
     with torch.no_grad():
         want = trained(x)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_nas_show_prices_a_bundle_at_the_size_it_trained_on(searched, tmp_path):
+    out = tmp_path / "bundle"
+    export(searched["store"], "hybrid", out, trial=0, formats="safetensors")
+    shown = subprocess.run([sys.executable, "-m", "nas", "show", str(out / "architecture.json")],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert "1x8x8 input" in shown.stdout and "MACs 828,736" in shown.stdout  # not 32x32

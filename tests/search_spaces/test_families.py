@@ -11,8 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from search_spaces import build_model, complexity, load_space, zoo
-from search_spaces.layers import drop_path_rates
-from search_spaces.space import SpaceError
+from search_spaces.space import SearchSpace, SpaceError
 from search_spaces.spec import ArchitectureSpec, StageSpec
 from tests.search_spaces.test_cost import assert_matches
 from tests.search_spaces.test_space import sample
@@ -142,7 +141,7 @@ def test_a_transformer_stage_inside_the_net_hands_a_map_to_the_next_stage():
 
 def test_stochastic_depth_rises_linearly_and_acts_only_in_training():
     spec = zoo.get("convnext_tiny")
-    rates = [r for stage in drop_path_rates(spec) for r in stage]
+    rates = [r for stage in spec.drop_path_rates() for r in stage]
     assert len(rates) == 18 and rates[0] == 0.0 and rates[-1] == pytest.approx(0.1)
     assert rates == sorted(rates)
     small = token_spec("convnext", depth=4, drop_path=0.5)
@@ -267,13 +266,40 @@ def test_resnet_family_ids_and_dicts_are_unchanged_by_the_new_fields():
     mixed = ArchitectureSpec(
         stages=(
             StageSpec(depth=2, width=8, skip="dense"),
-            StageSpec(depth=1, width=16, stride=2, block="bottleneck", groups=2, skip="gated"),
+            StageSpec(depth=1, width=16, stride=2, block="bottleneck", groups=2, skip="projection"),
         ),
         se_ratio=0.25,
         zero_init_residual=True,
         preact=True,
     )
-    assert mixed.arch_id == "b880e1a9337e6e9f"
+    assert mixed.arch_id == "3224c7f4236cc93c"
+
+
+def test_zero_init_leaves_gated_blocks_alive_and_out_of_the_id():
+    """A gated branch starts at 0 through its gate; zeroing its end too left both the gate and
+    the branch with zero gradient for good (the id of such a spec was 83f1258dc7069a2c: it
+    named a network that could not learn, and it now names the one that can)."""
+    for block, stem in (("basic", "cifar"), ("convnext", "patch_ln"), ("transformer", "patch")):
+        stage = StageSpec(depth=2, width=8, block=block, skip="gated", heads=2)
+        spec = ArchitectureSpec(stages=(stage,), stem=stem, patch_size=1, stem_width=8,
+                                zero_init_residual=True)
+        assert spec.arch_id == replace(spec, zero_init_residual=False).arch_id
+        torch.manual_seed(0)
+        model = build_model(spec)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 10, (8,))
+        for _ in range(3):
+            opt.zero_grad()
+            F.cross_entropy(model(x), y).backward()
+            opt.step()
+        gates = [float(p.detach()) for n, p in model.named_parameters() if n.endswith("gate")]
+        assert gates and all(g != 0.0 for g in gates), block
+
+
+def test_a_dense_transition_must_keep_a_channel():
+    stage = StageSpec(depth=1, width=4, stride=2, block="dense", compression=0.5)
+    with pytest.raises(ValueError, match=r"`stages\[0\]\.compression`.*at least 1 of the 1"):
+        ArchitectureSpec(stages=(stage,), stem="none", in_channels=1)
 
 
 def test_a_dense_block_always_concatenates():
@@ -291,6 +317,10 @@ def test_fields_a_block_ignores_do_not_change_its_id():
     assert replace(dense, stages=(replace(dense.stages[0], compression=1.0, stride=2),)).arch_id != (
         replace(dense, stages=(replace(dense.stages[0], stride=2),)).arch_id
     )
+    # without a transition (stride 1) there is nothing to compress
+    assert replace(dense, stages=(replace(dense.stages[0], compression=1.0),)).arch_id == (
+        dense.arch_id
+    )
     cnx = token_spec("convnext")
     assert replace(cnx, preact=True, se_ratio=0.5).arch_id == cnx.arch_id
     assert replace(cnx, stages=(replace(cnx.stages[0], skip="zero_pad"),)).arch_id == cnx.arch_id
@@ -298,6 +328,9 @@ def test_fields_a_block_ignores_do_not_change_its_id():
     assert replace(cnx, patch_size=2).arch_id != cnx.arch_id
     plain = token_spec("convnext", skip="none")
     assert replace(plain, layer_scale=1e-6, drop_path=0.2).arch_id == plain.arch_id
+    one_block = token_spec("convnext", depth=1)  # the first block's rate is always 0
+    assert replace(one_block, drop_path=0.3).arch_id == one_block.arch_id
+    assert replace(cnx, drop_path=0.3).arch_id != cnx.arch_id
 
 
 @pytest.mark.parametrize(
@@ -361,6 +394,9 @@ def test_space_load_rejects_a_block_field_combination_that_cannot_build(tmp_path
     path.write_text("pool: token\nstages:\n  - {depth: 1, width: 8, block: [basic, transformer]}\n")
     with pytest.raises(SpaceError, match=r"`pool`.*always a transformer"):
         load_space(str(path))
+    path.write_text("stages:\n  - {depth: 1, width: 8, block: dense, skip: [identity, none]}\n")
+    with pytest.raises(SpaceError, match=r"`stages\[0\]\.skip`.*dense block always concatenates"):
+        load_space(str(path))
     path.write_text("train: [adamw]\nstages:\n  - {depth: 1, width: 8}\n")
     with pytest.raises(SpaceError, match=r"`train`"):
         load_space(str(path))
@@ -412,3 +448,17 @@ def test_all_five_blocks_mix_in_one_space_and_every_sample_builds(tmp_path):
         assert_matches(spec, 8)
         assert "heads" not in trial.params or spec.stages[0].block == "transformer"
     assert blocks == {"basic", "bottleneck", "dense", "convnext", "transformer"}
+
+
+def test_a_space_finds_its_spec_when_a_dense_stage_comes_before_a_shared_skip():
+    space = SearchSpace.from_dict({
+        "name": "t", "stem_width": 8, "shared": {"skip": ["identity", "projection"]},
+        "stages": [{"depth": 1, "width": 8, "block": "dense"},
+                   {"depth": 1, "width": 16, "stride": 2, "block": "basic"}],
+    })
+    spec = ArchitectureSpec(
+        stages=(StageSpec(depth=1, width=8, block="dense"),
+                StageSpec(depth=1, width=16, stride=2, skip="projection")),
+        stem_width=8,
+    )
+    assert space.params_for(spec) == {"skip": "projection"}
