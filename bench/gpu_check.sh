@@ -8,6 +8,12 @@
 #
 # Env: PYTHON (interpreter), GPU_CHECK_N (training images), GPU_CHECK_EPOCHS, GPU_CHECK_REPEATS,
 # GPU_CHECK_BATCH, OUT (folder for gpu_check.json; default bench/results).
+# ImageNet-shaped step (ResNet-50 and ConvNeXt-T at 224x224, on by default with CUDA):
+# GPU_CHECK_IMAGENET (1/0), GPU_CHECK_224_N (images, default 4096), GPU_CHECK_224_BATCH (128),
+# GPU_CHECK_224_EPOCHS (3), GPU_CHECK_224_SIZE (224). CPU smoke of the whole script:
+#   GPU_CHECK_N=5000 GPU_CHECK_EPOCHS=2 GPU_CHECK_REPEATS=1 GPU_CHECK_IMAGENET=1 \
+#   GPU_CHECK_224_N=160 GPU_CHECK_224_BATCH=16 GPU_CHECK_224_EPOCHS=2 GPU_CHECK_224_SIZE=64 \
+#   bash bench/gpu_check.sh
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
@@ -72,6 +78,48 @@ if torch.cuda.is_available():
     print(f"bf16+channels_last speed-up over fp32 (run_trial): "
           f"{rows[1]['run_trial_samples_per_s'] / rows[0]['run_trial_samples_per_s']:.2f}x")
 
+# 3b. ImageNet-shaped: ResNet-50 and ConvNeXt-T at 224x224 (synthetic, 10 classes), fp32 vs
+#     bf16-mixed + channels_last, each against the hand loop (goals: bf16 >= 2x fp32 on
+#     ResNet-50; run_trial/hand >= 0.95; fixed cost per trial <= 0.3 s)
+imagenet_rows = []
+if os.environ.get("GPU_CHECK_IMAGENET", "1" if torch.cuda.is_available() else "0") == "1":
+    from search_spaces import zoo
+
+    n224 = int(os.environ.get("GPU_CHECK_224_N", "4096"))
+    batch224 = int(os.environ.get("GPU_CHECK_224_BATCH", "128"))
+    epochs224 = int(os.environ.get("GPU_CHECK_224_EPOCHS", "3"))
+    side = int(os.environ.get("GPU_CHECK_224_SIZE", "224"))
+    path224 = f"/tmp/resnas_gpu_check_{side}_{n224}.npz"
+    if not os.path.exists(path224):
+        rng = np.random.default_rng(1)
+        y224 = rng.integers(0, 10, size=n224)
+        x224 = rng.integers(0, 256, size=(n224, side, side, 3), dtype=np.uint8)
+        band = side // 10
+        for c in range(10):  # a learnable cue: the label's band of rows is bright
+            x224[y224 == c, band * c : band * (c + 1)] = 255
+        np.savez(path224, x_train=x224, y_train=y224)
+        del x224
+    base224 = TrainConfig(
+        dataset=f"npz:{path224}", val_fraction=0.1, epochs=epochs224, batch_size=batch224,
+        keep_weights=False,
+    )
+    recipes = {  # each family's usual optimiser
+        "resnet50": base224.with_(lr=0.1),
+        "convnext_tiny": base224.with_(optimizer="adamw", lr=1e-3, weight_decay=0.05),
+    }
+    for name, recipe in recipes.items():
+        net = zoo.get(name, num_classes=10)
+        for precision, chlast in (("32", False), ("bf16-mixed", True)):
+            label = f"{name} {'fp32' if precision == '32' else 'bf16+chlast'} {side}"
+            imagenet_rows.append(compare(
+                net, recipe.with_(precision=precision, channels_last=chlast), repeats, label))
+    print_table(imagenet_rows)
+    for i in range(0, len(imagenet_rows), 2):
+        fp32, bf16 = imagenet_rows[i], imagenet_rows[i + 1]
+        print(f"{fp32['label'].split()[0]}: bf16+channels_last over fp32 (run_trial) "
+              f"{bf16['run_trial_samples_per_s'] / fp32['run_trial_samples_per_s']:.2f}x",
+              flush=True)
+
 # 4. a candidate too big for the card: a clean "out_of_memory" failure, and the next trial in the
 #    same process still trains (the memory was given back)
 oom = None
@@ -94,6 +142,7 @@ print(f"heavy modules loaded: {heavy or 'none'}")
 os.makedirs(out_dir, exist_ok=True)
 with open(os.path.join(out_dir, "gpu_check.json"), "w") as f:
     json.dump({"n": n, "epochs": epochs, "batch": batch, "rows": rows,
+               "imagenet_rows": imagenet_rows,
                "probe": probe.to_dict(), "oom": oom, "heavy": heavy,
                "torch": torch.__version__,
                "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"}, f, indent=2)
