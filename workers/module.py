@@ -61,8 +61,10 @@ def make_scheduler(
     """
     total = max(1, config.epochs * steps_per_epoch)
     if config.schedule == "onecycle":
+        # OneCycleLR divides by zero when its warm-up ends on step 0 (0.25 x 4 steps - 1).
+        pct_start = 0.3 if total == 4 else 0.25
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25
+            optimizer, max_lr=config.lr, total_steps=total, pct_start=pct_start
         )
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.LambdaLR(
