@@ -357,7 +357,7 @@ def show(
             recorded = data.get("input") if isinstance(data.get("input"), dict) else {}
             if size is None and recorded.get("height") and recorded.get("width"):
                 size = (int(recorded["height"]), int(recorded["width"]))  # what it trained on
-            native = 224 if spec.num_classes == 1000 else 32
+            native = zoo.default_input_size(spec)
         else:
             spec = zoo.get(arch)
             native = zoo.input_size(arch)

@@ -31,7 +31,16 @@ SOURCE_MODULES = (
 )
 # Top-level names of those modules that only price a network; left out of model.py.
 COST_NAMES = frozenset(
-    {"Cost", "conv_out", "conv_cost", "bn_cost", "linear_cost", "entry_cost", "shortcut_cost"}
+    {
+        "Cost",
+        "conv_out",
+        "conv_cost",
+        "bn_cost",
+        "linear_cost",
+        "patchify_cost",
+        "entry_cost",
+        "shortcut_cost",
+    }
 )
 # Methods that only price a network (`Stem.cost`, `ResidualBlock._branch_cost`, ...).
 COST_METHODS = frozenset({"cost", "_branch_cost"})

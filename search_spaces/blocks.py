@@ -21,9 +21,10 @@ from search_spaces.layers import (
     conv_cost,
     conv_out,
     pad_to_multiple,
+    patchify_cost,
     trunc_normal_init,
 )
-from search_spaces.spec import ZERO_INIT_SKIPS, ArchitectureSpec, StageSpec
+from search_spaces.spec import PATCH_STEMS, ZERO_INIT_SKIPS, ArchitectureSpec, StageSpec
 
 # -- stem ----------------------------------------------------------------------------------
 # (kernel, stride) of the conv stems.
@@ -47,7 +48,7 @@ class Stem(nn.Module):
         super().__init__()
         self.kind = kind
         self.bn = self.norm = self.pool = None
-        if kind in ("patch", "patch_ln"):
+        if kind in PATCH_STEMS:
             self.conv = nn.Conv2d(in_channels, width, patch_size, stride=patch_size, bias=True)
             if kind == "patch_ln":
                 self.norm = LayerNorm2d(width, eps=LN_EPS)
@@ -58,11 +59,11 @@ class Stem(nn.Module):
         self.pool = nn.MaxPool2d(3, stride=2, padding=1) if kind == "imagenet" else None
 
     def own_init(self) -> None:
-        if self.kind in ("patch", "patch_ln"):  # as ConvNeXt initialises its stem
+        if self.kind in PATCH_STEMS:  # as ConvNeXt initialises its stem
             trunc_normal_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.kind in ("patch", "patch_ln"):
+        if self.kind in PATCH_STEMS:
             x = self.conv(pad_to_multiple(x, self.conv.stride[0]))
             return x if self.norm is None else self.norm(x)
         x = self.conv(x)
@@ -78,11 +79,9 @@ class Stem(nn.Module):
     ) -> Cost:
         if kind == "none":
             return Cost(0, 0, h, w)
-        if kind in ("patch", "patch_ln"):
-            ho, wo = -(-h // patch_size), -(-w // patch_size)
-            weights = width * in_channels * patch_size * patch_size
-            norm = 2 * width if kind == "patch_ln" else 0
-            return Cost(weights + width + norm, weights * ho * wo, ho, wo)
+        if kind in PATCH_STEMS:
+            c = patchify_cost(in_channels, width, patch_size, h, w)
+            return c + bn_cost(width, c.height, c.width) if kind == "patch_ln" else c
         kernel, stride = STEM_CONVS[kind]
         c = conv_cost(in_channels, width, kernel, stride, h, w)
         if not (preact and kind == "cifar"):
@@ -212,7 +211,7 @@ class ResidualBlock(nn.Module):
         self.skip = stage.skip
         self.preact = preact
         out = stage.branch_out
-        inner_se = se_ratio > 0 and se_position == "inner" and self.takes_inner_se
+        inner_se = self.se_inside(se_ratio, se_position)
         self.se = (
             SqueezeExcite(out, SqueezeExcite.reduced(out, se_ratio))
             if se_ratio > 0 and not inner_se
@@ -229,6 +228,11 @@ class ResidualBlock(nn.Module):
         self.shortcut_reads_preact = preact and isinstance(self.shortcut, Projection)
         self.gate = nn.Parameter(torch.zeros(())) if stage.skip == "gated" else None
         self.zero_init_residual = zero_init_residual and stage.skip in ZERO_INIT_SKIPS
+
+    @classmethod
+    def se_inside(cls, se_ratio: float, se_position: str) -> bool:
+        """Whether the block's SE sits after its 3x3 conv (RegNetY), not on the branch output."""
+        return se_ratio > 0 and se_position == "inner" and cls.takes_inner_se
 
     def last_norm(self) -> nn.BatchNorm2d:
         raise NotImplementedError
@@ -271,7 +275,7 @@ class ResidualBlock(nn.Module):
     ) -> Cost:
         c = cls._branch_cost(in_ch, stage, stride, preact, h, w)
         out = stage.branch_out
-        if se_ratio > 0 and se_position == "inner" and cls.takes_inner_se:
+        if cls.se_inside(se_ratio, se_position):
             reduced = SqueezeExcite.reduced_from_input(in_ch, se_ratio)
             c = c + SqueezeExcite.cost(stage.inner_width, reduced, c.height, c.width)
         elif se_ratio > 0:

@@ -72,14 +72,14 @@ def render_text(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> st
     canonical = spec.canonical_dict()  # what shapes this network, and nothing else
     options = [f"stem {spec.stem}", f"{spec.in_channels}x{size[0]}x{size[1]} input"]
     options.append(f"{spec.num_classes} classes")
-    if spec.preact and spec.preact_matters:
+    if canonical["preact"]:
         options.append("pre-activation")
     if canonical["zero_init_residual"]:
         options.append("zero-init residual")
-    if spec.se_ratio and spec.uses_resnet_blocks:
-        inner = spec.se_position == "inner" and any(s.block == "bottleneck" for s in spec.stages)
+    if canonical["se_ratio"]:
+        inner = "se_position" in canonical
         options.append(f"SE {spec.se_ratio:g}{' after the 3x3' if inner else ''}")
-    if spec.stem in ("patch", "patch_ln"):
+    if "patch_size" in canonical:
         options.append(f"patch {spec.patch_size}")
     if "layer_scale" in canonical:
         options.append(f"layer scale {spec.layer_scale:g}")

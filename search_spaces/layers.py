@@ -54,6 +54,14 @@ def bn_cost(channels: int, h: int, w: int) -> Cost:
     return Cost(2 * channels, 0, h, w)
 
 
+def patchify_cost(in_ch: int, out_ch: int, patch: int, h: int, w: int) -> Cost:
+    """A biased `patch` x `patch` conv of stride `patch` after `pad_to_multiple` (sizes round
+    up): the patch stems and the stage entry layers."""
+    ho, wo = -(-h // patch), -(-w // patch)
+    weights = out_ch * in_ch * patch * patch
+    return Cost(weights + out_ch, weights * ho * wo, ho, wo)
+
+
 def linear_cost(in_features: int, out_features: int, tokens: int, h: int, w: int) -> Cost:
     """A biased linear layer applied to `tokens` positions."""
     weights = in_features * out_features
@@ -120,9 +128,7 @@ class StageEntry(nn.Module):
 
     @staticmethod
     def cost(in_ch: int, out_ch: int, stride: int, h: int, w: int) -> Cost:
-        ho, wo = -(-h // stride), -(-w // stride)
-        weights = out_ch * in_ch * stride * stride
-        return Cost(2 * in_ch + weights + out_ch, weights * ho * wo, ho, wo)
+        return Cost(2 * in_ch, 0, h, w) + patchify_cost(in_ch, out_ch, stride, h, w)
 
 
 def trunc_normal_init(module: nn.Module) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 STEM_TYPES = ("imagenet", "cifar", "regnet", "patch", "patch_ln", "none")
+# Stems that cut the image into patch_size x patch_size patches (ViT, ConvNeXt).
+PATCH_STEMS = ("patch", "patch_ln")
 SE_POSITIONS = ("branch", "inner")
 BLOCK_TYPES = ("basic", "bottleneck", "dense", "convnext", "transformer")
 SKIP_TYPES = ("identity", "zero_pad", "projection", "gated", "dense", "none")
@@ -210,7 +212,8 @@ class StageSpec:
         return cls(**known_fields(cls, data, "stage"))
 
 
-_STAGE_DEFAULTS = {"heads": 1, "compression": 0.5}
+# Stage fields of the newer families, written by `to_dict` only where they differ from these.
+_STAGE_DEFAULTS = {f.name: f.default for f in fields(StageSpec) if f.name in ("heads", "compression")}
 
 
 @dataclass(frozen=True)
@@ -495,7 +498,7 @@ class ArchitectureSpec:
             "se_ratio": self.se_ratio if self.uses_resnet_blocks else 0.0,
             "stages": stages,
         }
-        if self.stem in ("patch", "patch_ln"):
+        if self.stem in PATCH_STEMS:
             data["patch_size"] = self.patch_size
         if self.se_ratio and self.se_position != "branch" and any(
             s.block == "bottleneck" for s in self.stages
@@ -539,9 +542,11 @@ def block_label(stage: StageSpec) -> str:
     return stage.block
 
 
+# Network fields of the newer families, written by `to_dict` only where they differ from these.
 _SPEC_DEFAULTS = {
-    "se_position": "branch",
-    "patch_size": 4, "layer_scale": 0.0, "drop_path": 0.0, "pos_embed": 0, "pool": "avg"
+    f.name: f.default
+    for f in fields(ArchitectureSpec)
+    if f.name in ("se_position", "patch_size", "layer_scale", "drop_path", "pos_embed", "pool")
 }
 
 

@@ -92,8 +92,13 @@ class TransformerBlock(PreNormBlock):
         return norms + attn + mlp + scales + scales
 
 
-def _first_transformer(spec: ArchitectureSpec) -> int:
-    return next(i for i, s in enumerate(spec.stages) if s.block == "transformer")
+def _token_and_grid(spec: ArchitectureSpec, index: int) -> tuple[bool, int]:
+    """Whether stage `index` carries the class token (the last stage, with `pool: token`),
+    and the side of its position-embedding grid (0 but at the first transformer stage)."""
+    first = next(i for i, s in enumerate(spec.stages) if s.block == "transformer")
+    return spec.pool == "token" and index == len(spec.stages) - 1, (
+        spec.pos_embed if index == first else 0
+    )
 
 
 class TransformerStage(nn.Module):
@@ -106,9 +111,8 @@ class TransformerStage(nn.Module):
         width = stage.width
         self.entry = make_entry(stage, in_ch)
         self.returns_tokens = index == len(spec.stages) - 1
-        has_token = spec.pool == "token" and self.returns_tokens
+        has_token, self.grid = _token_and_grid(spec, index)
         self.token = nn.Parameter(torch.zeros(1, 1, width)) if has_token else None
-        self.grid = spec.pos_embed if index == _first_transformer(spec) else 0
         self.pos = None
         if self.grid:
             self.pos = nn.Parameter(torch.empty(1, self.grid**2 + int(has_token), width))
@@ -145,9 +149,8 @@ class TransformerStage(nn.Module):
         width = stage.width
         total = entry_cost(stage, in_ch, h, w)
         h, w = total.height, total.width
-        has_token = spec.pool == "token" and index == len(spec.stages) - 1
+        has_token, grid = _token_and_grid(spec, index)
         tokens = h * w + int(has_token)
-        grid = spec.pos_embed if index == _first_transformer(spec) else 0
         extra = int(has_token) * width + (grid**2 + int(has_token)) * width * bool(grid)
         total = total + Cost(extra, 0, h, w)
         for _ in range(stage.depth):

@@ -103,7 +103,9 @@ def regnet_stage(depth: int, width: int, group_width: int, stride: int = 2) -> S
             continue
         planes = width // expansion
         per_group = -(-group_width * 64 // planes)  # the smallest that can reach group_width
-        stage = StageSpec(
+        if int(planes * (per_group / 64.0)) != group_width:
+            continue
+        return StageSpec(
             depth=depth,
             width=planes,
             stride=stride,
@@ -111,9 +113,7 @@ def regnet_stage(depth: int, width: int, group_width: int, stride: int = 2) -> S
             expansion=expansion,
             groups=groups,
             width_per_group=per_group,
-        ) if int(planes * (per_group / 64.0)) == group_width else None
-        if stage is not None and stage.inner_width == width:
-            return stage
+        )
     raise ValueError(f"`width` got {width}; no bottleneck writing has {group_width}-wide groups")
 
 
@@ -278,10 +278,14 @@ _REGISTRY: dict[str, Callable[[str], ArchitectureSpec]] = {
 _INPUT_SIZES = {"hybrid_digits": 8}
 
 
+def default_input_size(spec: ArchitectureSpec) -> int:
+    """224 for an ImageNet-size head (1,000 classes), else CIFAR's 32."""
+    return 224 if spec.num_classes == 1000 else 32
+
+
 def input_size(name: str) -> int:
     """The input resolution a reference architecture is built and priced for (224, 32 or 8)."""
-    spec = get(name)
-    return _INPUT_SIZES.get(name, 224 if spec.num_classes == 1000 else 32)
+    return _INPUT_SIZES.get(name) or default_input_size(get(name))
 
 
 def names() -> list[str]:
