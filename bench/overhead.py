@@ -145,23 +145,28 @@ def _figures(
     }
 
 
+def _options(ap: Any) -> None:
+    ap.add_argument("--repeats", type=int, help="runs on the resident runners; the median is "
+                    "the figure (default 5 in the full mode, else 1)")
+    ap.add_argument("--epochs", type=int, default=EPOCHS,
+                    help=f"epochs per trial (default {EPOCHS}: 1-2 s trials; 20: ~10 s)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = common.trial_count_run(
         "python -m bench.overhead", __doc__.split("\n")[0], argv,
         full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
-        extra=lambda ap: ap.add_argument(
-            "--repeats", type=int, help="runs on the resident runners; the median is the "
-            "figure (default 5 in the full mode, else 1)"),
+        extra=_options,
     )
-    n = run.trials
+    n, epochs = run.trials, run.args.epochs
     repeats = run.args.repeats or (5 if run.mode == "full" else 1)
-    common.header(f"orchestration overhead: {n} short trials, {WORKERS} workers, {EPOCHS} epochs")
+    common.header(f"orchestration overhead: {n} trials, {WORKERS} workers, {epochs} epochs")
     specs = small_specs(n)
     out: dict[str, Any] = {}
     for tool, fn in (("resnas", run_resnas), ("ray_tune", run_tune)):
         ray_start = common.start_ray(WORKERS)
         try:
-            out[tool] = fn(specs)
+            out[tool] = fn(specs, epochs=epochs)
         finally:
             common.stop_ray()
         out[tool]["ray_start_s_excluded"] = ray_start
@@ -181,7 +186,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     pool_runs = []
     try:
         for _ in range(repeats):
-            r = run_resnas(specs)
+            r = run_resnas(specs, epochs=epochs)
             pool_runs.append(r)
             print(
                 f"   resnas on {WORKERS} resident runners (`nas pool up`, {pool_s:.1f} s, not "
@@ -202,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {
         "mode": run.mode,
         "trials": n,
-        "epochs": EPOCHS,
+        "epochs": epochs,
         "workers": WORKERS,
         "ray_startup": "excluded for both (fresh local Ray started before each tool's timing)",
         "specs": [s.summary() for s in specs],

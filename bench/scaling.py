@@ -117,23 +117,28 @@ def _pairs(runs: dict[int, list[dict[str, Any]]], out: dict[str, Any], prefix: s
     return common.median(speedups)
 
 
+def _options(ap: Any) -> None:
+    ap.add_argument("--repeats", type=int, help="1-then-2 pairs for plain processes and "
+                    "runners (default 5 in the full mode, else 1)")
+    ap.add_argument("--epochs", type=int, default=EPOCHS,
+                    help=f"epochs per trial (default {EPOCHS}: 1-2 s trials; 20: ~10 s)")
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     run = common.trial_count_run(
         "python -m bench.scaling", __doc__.split("\n")[0], argv,
         full=FULL_TRIALS, quick=QUICK_TRIALS, smoke=SMOKE_TRIALS,
-        extra=lambda ap: ap.add_argument(
-            "--repeats", type=int, help="1-then-2 pairs for plain processes and runners "
-            "(default 5 in the full mode, else 1)"),
+        extra=_options,
     )
-    n = run.trials
+    n, epochs = run.trials, run.args.epochs
     repeats = run.args.repeats or (5 if run.mode == "full" else 1)
-    common.header(f"scaling: {n} short trials with 1 and 2 workers")
+    common.header(f"scaling: {n} trials of {epochs} epochs with 1 and 2 workers")
     specs = small_specs(n, seed=11)
     out: dict[str, Any] = {"repeats": repeats}
     bare: dict[int, list[dict[str, Any]]] = {1: [], 2: []}
     for _ in range(repeats):
         for workers in (1, 2):
-            r = run_bare(specs, workers)
+            r = run_bare(specs, workers, epochs)
             bare[workers].append(r)
             print(f"   {workers} plain process(es), no orchestration: {r['trials']} trials in "
                   f"{r['wall_s']:.1f} s = {r['trials_per_hour']:.0f} trials/h", flush=True)
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for workers in (1, 2):
         common.start_ray(2)
         try:
-            r = run_resnas(specs, workers=workers)
+            r = run_resnas(specs, workers=workers, epochs=epochs)
         finally:
             common.stop_ray()
         out[f"workers_{workers}"] = _rates(r, f"{workers} worker(s), fresh Ray")
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         for _ in range(repeats):
             for workers in (1, 2):
-                r = run_resnas(specs, workers=workers)
+                r = run_resnas(specs, workers=workers, epochs=epochs)
                 pool[workers].append(_rates(r, f"{workers} resident runner(s)"))
     finally:
         common.stop_pool(address, started)
@@ -177,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data = {
         "mode": run.mode,
         "trials": n,
+        "epochs": epochs,
         **out,
         "speedup_2_over_1": speedup,
         "speedup_busy_window": speedup_busy,
