@@ -9,7 +9,7 @@ CONSTRAINTS ?= $(if $(shell command -v nvidia-smi 2>/dev/null),,-c constraints-c
 DEMO_STUDY ?= demo
 DEMO_DB ?= sqlite:///nas.db
 
-.PHONY: install demo test lint bench bench-quick clean
+.PHONY: install demo test test-fast lint bench bench-quick clean
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Daily work: everything but the end-to-end runs marked `slow` (killed drivers, the pool,
+# two nodes, the benchmark smoke runs). CI runs `make test`.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

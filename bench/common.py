@@ -247,7 +247,7 @@ def start_pool(slots: int = 2) -> tuple[float, str, bool]:
     if there is none, with this process joined to it. Returns (seconds it took, never in a
     timing; the cluster's address; whether it was started here)."""
     from nas import pool
-    from nas.search import local_cluster
+    from nas.cluster import local_cluster
 
     stop_ray()
     started = local_cluster() is None

@@ -60,7 +60,8 @@ def run_tune(seed: int, budget_s: float) -> list[dict[str, Any]]:
     from ray.tune.search.optuna import OptunaSearch
 
     from bench.tune_common import BudgetSearcher, run_tuner
-    from nas.samplers import REDUCTION_FACTOR, make_sampler
+    from nas.pruning import REDUCTION_FACTOR
+    from nas.samplers import make_sampler
     from search_spaces import load_space
 
     space = load_space(common.SPACE)

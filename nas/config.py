@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from nas.errors import UserError
+from nas.errors import UserError, mask_url
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "qmc", "grid")
 PRUNERS = ("asha", "hyperband", "median", "none")
@@ -27,10 +27,6 @@ class SearchConfig(BaseModel):
     space: str = "resnet"
     trials: int = Field(20, description="trials the study should hold in total (resumes count)")
     workers: int | None = Field(None, description="trials in flight (default: CPU slots)")
-    prefetch: int | None = Field(
-        None, description="trials queued behind each busy worker (default: 1 while trials "
-        "take under 20 s, else 0)",
-    )
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     ray_address: str | None = None
@@ -69,13 +65,6 @@ class SearchConfig(BaseModel):
     def _workers(cls, v: int | None) -> int | None:
         if v is not None and v < 1:
             raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("prefetch")
-    @classmethod
-    def _prefetch(cls, v: int | None) -> int | None:
-        if v is not None and v < 0:
-            raise ValueError("must be >= 0 (0: hand a worker a trial only when it is free)")
         return v
 
     @field_validator("cpus_per_trial")
@@ -166,7 +155,6 @@ class SearchConfig(BaseModel):
 
     def to_record(self) -> dict[str, Any]:
         """JSON-ready, without secrets (the storage URL's password is masked)."""
-        from nas.errors import mask_url
 
         data = self.model_dump(mode="json")
         data["storage"] = mask_url(self.storage)

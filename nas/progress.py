@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
-from nas.search import Progress, TrialEvent
+from nas.events import Progress, TrialEvent
 
 STATE_STYLE = {
     "complete": "green",

@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from db import EpochRecord, RunRecord, Store
+from db import RunRecord, Store
+from nas.cluster import start_ray
+from nas.config import STUDY_NAME
 from nas.errors import UserError
-from nas.search import start_ray
+from nas.executors.base import Epoch, Executor, Job, Lost, Result
+from nas.executors.ray_tasks import RayTaskExecutor
+from nas.loop import drive, stop_signals
+from nas.proposer import resolve_architecture
+from nas.recorder import Recorder, Subject
 from search_spaces import ArchitectureSpec
 
 RETRAIN_SUFFIX = ".retrain"
@@ -102,25 +107,12 @@ class RetrainReport:
 def kendall_tau(x: list[float], y: list[float]) -> float | None:
     """Kendall's tau-b of two paired lists (None when undefined: fewer than 2 pairs, or a list
     with all values tied)."""
-    n = len(x)
-    if n != len(y) or n < 2:
+    if len(x) != len(y) or len(x) < 2:
         return None
-    concordant = discordant = tied_x = tied_y = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tied_x += 1
-            elif dy == 0:
-                tied_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    denom = math.sqrt((concordant + discordant + tied_x) * (concordant + discordant + tied_y))
-    return (concordant - discordant) / denom if denom else None
+    from scipy.stats import kendalltau
+
+    tau = kendalltau(x, y).statistic
+    return None if tau is None or math.isnan(tau) else float(tau)
 
 
 def ranking(archs: list[ArchResult]) -> dict[str, Any] | None:
@@ -202,7 +194,6 @@ def candidates_from_study(
 def candidate_from_file(path: Path) -> tuple[Candidate, str | None]:
     """The architecture in `path` (an architecture.json, e.g. of an export bundle), with the
     bundle's recipe.json and the study it came from (metrics.json) when they lie beside it."""
-    from nas.search import resolve_architecture
     from workers import TrainConfig, dataset_info
 
     recipe: dict[str, Any] = {}
@@ -241,11 +232,7 @@ class _Job:
     result: ArchResult
     config: Any  # TrainConfig
     seed: int
-    trial_number: int
-    params: int
-    flops: int
-    started: float = 0.0
-    ref: Any = None
+    subject: Subject
 
 
 def retrain(
@@ -262,6 +249,7 @@ def retrain(
     cpus_per_trial: float = 1.0,
     gpus_per_trial: float = 0.0,
     progress: Callable[[str], None] | None = None,
+    executor: Executor | None = None,
 ) -> RetrainReport:
     """Retrain the chosen architecture(s) of `source` with `seeds` seeds each; see the module
     docstring.
@@ -277,6 +265,7 @@ def retrain(
         study: where to record the runs; default `<source study>.retrain`.
         ray_address / workers / cpus_per_trial / gpus_per_trial: as for `nas search`.
         progress: called with one line per finished run.
+        executor: where the runs train; default one Ray task per run.
     """
     from search_spaces import complexity
     from workers import TrainConfig, dataset_info
@@ -301,8 +290,6 @@ def retrain(
         cands = candidates_from_study(store, source, top=top, trial=trial)
         default_study = f"{source}{RETRAIN_SUFFIX}"
     target = study or default_study
-    from nas.config import STUDY_NAME
-
     if not STUDY_NAME.match(target):
         raise UserError(f"`--study` got {target!r}: use letters, digits, '_', '.', '-' (at most 128)")
 
@@ -311,6 +298,7 @@ def retrain(
     existing = store.runs(target)
     next_number = max((r.trial_number for r in existing), default=-1) + 1
     report = RetrainReport(study=target, source=source, epochs=0, seeds=list(range(seeds)))
+    input_size: tuple[int, int] = (0, 0)
     for cand in cands:
         try:
             base = TrainConfig.from_dict(cand.recipe)
@@ -322,8 +310,9 @@ def retrain(
             data = dataset_info(base)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        cost = complexity(cand.spec, tuple(data.input_size))
-        store.save_architecture(cand.spec, params=cost.params, flops=cost.flops, input_size=tuple(data.input_size))
+        input_size = tuple(data.input_size)
+        cost = complexity(cand.spec, input_size)
+        store.save_architecture(cand.spec, params=cost.params, flops=cost.flops, input_size=input_size)
         result = ArchResult(
             arch_id=cand.spec.arch_id, summary=cand.spec.summary(), retrain_of=cand.retrain_of,
             search_accuracy=cand.search_accuracy, search_fidelity=cand.search_fidelity,
@@ -332,15 +321,24 @@ def retrain(
         for seed in range(seeds):
             config = base.with_(epochs=e, seed=seed, keep_weights=True)
             store.save_recipe(config.recipe_id, config.to_dict(), config.dataset)
-            jobs.append(_Job(cand, result, config, seed, next_number, cost.params, cost.flops))
+            subject = Subject(next_number, cand.spec, config.recipe_id, config.dataset, e,
+                              cost.params, cost.flops,
+                              extra={"retrain_of": cand.retrain_of, "seed": seed})
+            jobs.append(_Job(cand, result, config, seed, subject))
             next_number += 1
 
-    slots = workers or len(jobs)
-    started_ray = start_ray(ray_address, slots=slots, cpus_per_trial=cpus_per_trial)
+    work = _Retrain(Recorder(store, target, input_size=input_size), jobs, say)
+    started_ray = ""
+    if executor is None:
+        slots = workers or len(jobs)
+        started_ray = start_ray(ray_address, slots=slots, cpus_per_trial=cpus_per_trial)
+        executor = RayTaskExecutor(slots=slots, cpus=cpus_per_trial, gpus=gpus_per_trial)
     t0 = time.time()
     try:
-        _run_jobs(store, target, jobs, slots, cpus_per_trial, gpus_per_trial, say)
+        with stop_signals() as stop:
+            drive(executor, work, stop=stop)
     finally:
+        executor.close()
         if started_ray:
             import ray
 
@@ -350,88 +348,62 @@ def retrain(
     return report
 
 
-def _record(store: Store, study: str, job: _Job, state: str, result: dict[str, Any] | None = None,
-            reason: str | None = None) -> RetrainRun:
-    result = result or {}
-    extra: dict[str, Any] = {"retrain_of": job.cand.retrain_of, "seed": job.seed}
-    if result.get("traceback"):
-        extra["traceback"] = result["traceback"]
-    run = RunRecord(
-        id=None,
-        study=study,
-        trial_number=job.trial_number,
-        arch_id=job.cand.spec.arch_id,
-        recipe_id=job.config.recipe_id,
-        dataset=job.config.dataset,
-        fidelity=job.config.epochs,
-        state=state,
-        reason=reason or result.get("reason"),
-        params=job.params,
-        flops=job.flops,
-        **{
-            **RunRecord.measured(result),
-            "host": result.get("host") or (socket.gethostname() if state == "running" else None),
-        },
-        started=result.get("started") or job.started or time.time(),
-        finished=result.get("finished") or (time.time() if state != "running" else None),
-        extra=extra,
-    )
-    epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
-    weights = result.get("weights") if state == "complete" else None
-    run_id = store.record_run(run, epochs, weights=weights)
-    return RetrainRun(
-        trial_number=job.trial_number, seed=job.seed, state=state, run_id=run_id,
-        reason=run.reason, val_accuracy=run.val_accuracy, duration_s=run.duration_s,
-    )
+class _Retrain:
+    """The retrain's `Work`: a fixed list of runs, no pruning, every outcome recorded.
+    Jobs still queued when it stops were never recorded: their trial numbers stay free."""
 
+    def __init__(self, recorder: Recorder, jobs: list[_Job], say: Callable[[str], None]) -> None:
+        self.recorder, self.queue, self.say = recorder, list(jobs), say
+        self.pending: dict[str, _Job] = {}
 
-def _run_jobs(store: Store, study: str, jobs: list[_Job], slots: int, cpus: float, gpus: float,
-              say: Callable[[str], None]) -> None:
-    import ray
+    def fill(self, free: int, now: float) -> list[Job]:
+        out = []
+        while self.queue and len(out) < free:
+            job = self.queue.pop(0)
+            job.subject.started = time.time()
+            self.recorder.running(job.subject)
+            key = str(job.subject.number)
+            self.pending[key] = job
+            out.append(Job(key, job.cand.spec.to_dict(), job.config.to_dict(), prunable=False))
+        return out
 
-    from workers.ray_task import submit_trial
+    def finished(self, now: float) -> bool:
+        return not self.queue and not self.pending
 
-    queue = list(jobs)
-    pending: dict[Any, _Job] = {}
-    try:
-        while queue or pending:
-            while queue and len(pending) < slots:
-                job = queue.pop(0)
-                job.started = time.time()
-                # Recorded as running first: the trial number is taken, and a crash leaves a trace.
-                _record(store, study, job, "running")
-                request = {
-                    "spec": job.cand.spec.to_dict(),
-                    "config": job.config.to_dict(),
-                    "key": f"{study}:{job.trial_number}",
-                }
-                job.ref = submit_trial(request, num_cpus=cpus, num_gpus=gpus)
-                pending[job.ref] = job
-            done, _ = ray.wait(list(pending), num_returns=1, timeout=5.0)
-            for ref in done:
-                job = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as exc:  # noqa: BLE001 - a worker or node died
-                    run = _record(store, study, job, "failed", reason=f"worker_lost: {type(exc).__name__}")
-                else:
-                    state = result.get("state", "failed")
-                    if state == "complete" and not result.get("weights"):
-                        state, result["reason"] = "failed", "no weights returned"
-                    run = _record(store, study, job, state if state in ("complete", "failed") else "failed", result)
-                job.result.runs.append(run)
-                acc = f"{run.val_accuracy:.4f}" if run.val_accuracy is not None else "-"
-                say(
-                    f"trial {run.trial_number}: {job.cand.spec.arch_id} seed {job.seed} "
-                    f"{run.state}{' (' + run.reason + ')' if run.reason else ''}, val_accuracy {acc}"
-                    f"{f', {run.duration_s:.1f}s' if run.duration_s else ''}"
-                )
-    except BaseException:
-        # Ctrl-C or a fatal error: nothing stays `running` in the store.
-        for ref, job in pending.items():
-            try:
-                ray.cancel(ref, force=True)
-            except Exception:  # noqa: BLE001 - already finished or gone
-                pass
-            _record(store, study, job, "failed", reason="interrupted")
-        raise  # jobs still queued were never recorded: their trial numbers stay free
+    def on_epoch(self, event: Epoch) -> bool:
+        return False
+
+    def on_result(self, event: Result) -> None:
+        job = self.pending.pop(event.key)
+        result = dict(event.result)
+        if result.get("state") == "complete" and not result.get("weights"):
+            result.update(state="failed", reason="no weights returned")
+        elif result.get("state") not in ("complete", "failed"):
+            result["state"] = "failed"
+        if result["state"] != "complete":
+            result.pop("weights", None)
+        self._done(job, self.recorder.result(job.subject, result))
+
+    def on_lost(self, event: Lost) -> None:
+        job = self.pending.pop(event.key)
+        self._done(job, self.recorder.lost(job.subject, event.reason, []))
+
+    def abandon(self, keys: list[str], reason: str) -> None:
+        for key in keys:
+            job = self.pending.pop(key)
+            self.recorder.lost(job.subject, reason, [])
+
+    def tick(self, now: float, running: int) -> None:
+        pass
+
+    def _done(self, job: _Job, run: RunRecord) -> None:
+        job.result.runs.append(RetrainRun(
+            trial_number=run.trial_number, seed=job.seed, state=run.state, run_id=run.id,
+            reason=run.reason, val_accuracy=run.val_accuracy, duration_s=run.duration_s,
+        ))
+        acc = f"{run.val_accuracy:.4f}" if run.val_accuracy is not None else "-"
+        self.say(
+            f"trial {run.trial_number}: {job.cand.spec.arch_id} seed {job.seed} "
+            f"{run.state}{' (' + run.reason + ')' if run.reason else ''}, val_accuracy {acc}"
+            f"{f', {run.duration_s:.1f}s' if run.duration_s else ''}"
+        )

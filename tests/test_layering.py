@@ -7,6 +7,7 @@ Every import counts, also those inside functions (a lazy import is still a depen
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -93,3 +94,97 @@ def test_allowed_imports_pass():
     assert violations("workers/ray_task.py", "import ray\nfrom workers import run_trial\n") == []
     assert violations("db/store.py", "from search_spaces.spec import ArchitectureSpec\n") == []
     assert violations("nas/search.py", "import ray, optuna, torch, sqlalchemy\n") == []
+
+
+# -- inside `nas` ------------------------------------------------------------------------------
+# Modules that import other nas modules inside functions on purpose: the CLI keeps
+# `nas --help` fast by importing a command's machinery (torch, Ray) only when it runs.
+LAZY_NAS_IMPORTS_ALLOWED = ("nas/cli",)
+# Private symbols of our dependencies (DESIGN.md: public APIs only; Ray's in one module).
+PRIVATE = re.compile(r"optuna[a-z_.]*\._|_CachedStorage|\._storage\b|\._study_id|ray\._private|ray\._common")
+PRIVATE_RAY_HOME = "nas/cluster.py"
+
+
+def nas_imports(path: str, source: str) -> tuple[set[str], set[str]]:
+    """(nas modules imported at module level, nas modules imported inside functions);
+    `from nas import pool` counts as `nas.pool`."""
+
+    def named(node: ast.AST) -> set[str]:
+        if isinstance(node, ast.Import):
+            return {a.name for a in node.names if a.name.startswith("nas.")}
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            if node.module == "nas":
+                return {f"nas.{a.name}" for a in node.names}
+            if node.module.startswith("nas."):
+                return {node.module}
+        return set()
+
+    tree = ast.parse(source)
+    top = set().union(*(named(n) for n in tree.body))
+    every = set().union(*(named(n) for n in ast.walk(tree)))
+    return top, every - top
+
+
+def module_name(path: str) -> str:
+    return path.removesuffix(".py").removesuffix("/__init__").replace("/", ".")
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import circle of `graph` (module -> modules it imports), each once."""
+    found, seen = [], set()
+
+    def walk(node: str, stack: list[str]) -> None:
+        if node in stack:
+            circle = stack[stack.index(node):]
+            key = frozenset(circle)
+            if key not in seen:
+                seen.add(key)
+                found.append([*circle, node])
+            return
+        for nxt in sorted(graph.get(node, ())):
+            walk(nxt, [*stack, node])
+
+    for start in sorted(graph):
+        walk(start, [])
+    return found
+
+
+def nas_graph(files: dict[str, str]) -> tuple[dict[str, set[str]], list[str]]:
+    """The import graph of the nas modules in `files` (path -> source), every import counted,
+    and the function-level nas imports that are not allowed."""
+    graph, lazy = {}, []
+    for path, source in files.items():
+        top, inner = nas_imports(path, source)
+        graph[module_name(path)] = top | inner
+        if inner and not path.startswith(LAZY_NAS_IMPORTS_ALLOWED):
+            lazy += [f"{path} imports {n} inside a function" for n in sorted(inner)]
+    return graph, lazy
+
+
+def test_nas_modules_import_each_other_without_circles():
+    files = {f.relative_to(ROOT).as_posix(): f.read_text(encoding="utf-8")
+             for f in sorted((ROOT / "nas").rglob("*.py"))}
+    graph, lazy = nas_graph(files)
+    assert not cycles(graph), "import circles inside nas: " + "; ".join(
+        " -> ".join(c) for c in cycles(graph))
+    assert not lazy, "function-level nas imports hide the order of the modules:\n" + "\n".join(lazy)
+
+
+def test_an_import_circle_inside_nas_is_caught():
+    files = {"nas/search.py": "from nas.pool import up\n",
+             "nas/pool.py": "def f():\n    from nas.search import run_search\n"}
+    graph, lazy = nas_graph(files)
+    assert cycles(graph) == [["nas.pool", "nas.search", "nas.pool"]]
+    assert lazy == ["nas/pool.py imports nas.search inside a function"]
+
+
+def test_no_private_symbols_of_optuna_anywhere_and_of_ray_only_in_the_cluster_module():
+    found = []
+    for package in PACKAGES:
+        for file in sorted((ROOT / package).rglob("*.py")):
+            path = file.relative_to(ROOT).as_posix()
+            for n, line in enumerate(file.read_text(encoding="utf-8").splitlines(), 1):
+                match = PRIVATE.search(line)
+                if match and not (path == PRIVATE_RAY_HOME and match.group().startswith("ray.")):
+                    found.append(f"{path}:{n}: {line.strip()}")
+    assert not found, "private symbols:\n" + "\n".join(found)

@@ -22,8 +22,6 @@ from typing import Any
 
 import ray
 
-from workers.results import NOT_STARTED
-
 POOL_NAMESPACE = "resnas"
 RUNNER_PREFIX = "resnas-runner-"
 BROKER_NAME = "resnas-broker"  # the pool's ReportBroker, shared by the searches on it
@@ -54,8 +52,6 @@ class ReportBroker:
         self._new: dict[str, asyncio.Event] = {}
         self._decisions: dict[tuple[str, int], bool] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
-        self._claimed: set[str] = set()
-        self._revoked: set[str] = set()
         self._opened = 0
         if channel is not None:
             self._open(channel)
@@ -80,29 +76,10 @@ class ReportBroker:
         for k in mine:
             self._decisions[k] = True
             self._events[k].set()
-        self._claimed = {k for k in self._claimed if channel_of(k) != channel}
-        self._revoked = {k for k in self._revoked if channel_of(k) != channel}
 
     def info(self) -> dict[str, Any]:
         return {"version": code_version(), "pid": os.getpid(), "searches": self._opened,
                 "open": len(self._new)}
-
-    # A queued trial (handed out before a worker was free, so that the worker starts it the
-    # moment it is) claims its start here; the owner can revoke the ones not started yet.
-    # Both run without an await in between, so exactly one of them wins for each key.
-    async def claim(self, key: str) -> bool:
-        """Called by a worker before it starts a queued trial: False means do not start it."""
-        if key in self._revoked or channel_of(key) not in self._new:  # or its search ended
-            self._revoked.discard(key)
-            return False
-        self._claimed.add(key)
-        return True
-
-    async def revoke(self, keys: list[str]) -> list[str]:
-        """Called by the owner: the queued trials among `keys` that will now never start."""
-        revoked = [k for k in keys if k not in self._claimed]
-        self._revoked.update(revoked)
-        return revoked
 
     def _add(self, key: str, epoch: int, metrics: dict[str, Any]) -> bool:
         channel = channel_of(key)
@@ -181,15 +158,7 @@ class BrokerReporter:
 
 def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, Any]:
     request = dict(request)
-    wait = request.pop("prunable", True)  # the Ray edge's, like "queued"; not run_trial's
-    if request.pop("queued", False) and broker is not None:
-        try:
-            claimed = ray.get(broker.claim.remote(request["key"]))
-        except ray.exceptions.RayActorError:  # the search ended (its broker with it)
-            claimed = False
-        if not claimed:
-            return {"state": NOT_STARTED, "reason": NOT_STARTED}
-
+    wait = request.pop("prunable", True)  # the Ray edge's, not run_trial's
     import torch
 
     from workers import run_trial

@@ -11,9 +11,6 @@ from typing import Any, Protocol, runtime_checkable
 from search_spaces.spec import known_fields
 
 STATES = ("complete", "pruned", "failed")
-# What the Ray edge answers for a queued trial the orchestrator revoked before it began
-# (never a `run_trial` outcome).
-NOT_STARTED = "not_started"
 
 
 @runtime_checkable

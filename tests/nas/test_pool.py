@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from db import Store
-from nas.pool import Pool, usable
+from nas.executors.pool import usable
 
 NAS = [sys.executable, "-m", "nas"]
 V = "abc123"
@@ -50,17 +50,24 @@ class _Handle:
         return f"ref-{request['key']}"
 
 
-def test_pool_hands_each_trial_to_the_least_busy_runner():
-    pool = Pool([_Handle(), _Handle()])
-    assert pool.submit({"key": "a"}, None) == ("ref-a", 0)
-    assert pool.submit({"key": "b"}, None) == ("ref-b", 1)
-    # Both busy: a resubmitted duplicate queues on one of them rather than failing.
-    assert pool.submit({"key": "c"}, None)[1] == 0
-    assert pool.load == [2, 1]
-    pool.release(1)
-    pool.release(1)  # releasing more than was handed out never goes below zero
-    assert pool.load == [2, 0]
-    assert pool.submit({"key": "d"}, None)[1] == 1
+def test_the_pool_executor_gives_each_trial_an_idle_runner(ray_local):
+    from nas.executors.base import Job
+    from nas.executors.pool import PoolExecutor
+
+    handles = [_Handle(), _Handle()]
+    executor = PoolExecutor(handles)
+    try:
+        assert executor.capacity == 2
+        executor.submit(Job("a", {}, {}))
+        executor.submit(Job("b", {}, {}))
+        assert [h.calls for h in handles] == [[f"{executor.channel}:a"], [f"{executor.channel}:b"]]
+        with pytest.raises(RuntimeError, match="busy"):  # the loop keeps to its capacity
+            executor.submit(Job("c", {}, {}))
+        executor._released("a")
+        executor.submit(Job("d", {}, {}))
+        assert handles[0].calls[-1] == f"{executor.channel}:d"
+    finally:
+        executor.close()
 
 
 def _nas(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -68,6 +75,7 @@ def _nas(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedPro
                           timeout=timeout)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
     # A Ray of its own: its temp dir keeps it apart from the session's local Ray and from
@@ -104,7 +112,7 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
 
         for study in ("warm1", "warm2"):
             done = _nas("search", "--study", study, "--storage", url, "--trials", "3",
-                        "--epochs", "1", "--seed", "0", env=env)
+                        "--epochs", "1", "--seed", "0", "--ray-address", "auto", env=env)
             assert done.returncode == 0, done.stderr[-2000:]
             assert "training on 2 resident runner(s)" in done.stdout
 
@@ -124,7 +132,7 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
         # A search that asks for other resources than the runners hold gets a clear error
         # (the runners hold every CPU, so its trials could never start) and exit code 2.
         other = _nas("search", "--study", "other", "--storage", url, "--trials", "1",
-                     "--epochs", "1", "--cpus-per-trial", "2", env=env)
+                     "--epochs", "1", "--cpus-per-trial", "2", "--ray-address", "auto", env=env)
         assert other.returncode == 2
         assert "resident runner" in other.stderr and "Traceback" not in other.stderr
     finally:
@@ -143,7 +151,7 @@ def test_a_search_on_its_own_ray_trains_at_the_node_priority(tmp_path: Path):
     # A fresh interpreter: this session's Ray is already initialised in this one.
     code = (
         "import os, ray\n"
-        "from nas.search import start_ray\n"
+        "from nas.cluster import start_ray\n"
         "assert start_ray(None, slots=1, cpus_per_trial=1) == 'started'\n"
         "f = ray.remote(lambda: (os.getpriority(os.PRIO_PROCESS, 0), os.environ['OMP_NUM_THREADS']))\n"
         "print(ray.get(f.remote()))\n"
@@ -161,7 +169,7 @@ def test_a_search_on_its_own_ray_trains_at_the_node_priority(tmp_path: Path):
 
 
 def test_the_ray_auth_token_is_made_once_and_only_its_owner_reads_it(tmp_path, monkeypatch):
-    from nas.search import ensure_auth_token
+    from nas.cluster import ensure_auth_token
 
     monkeypatch.setenv("HOME", str(tmp_path))
     for name in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):

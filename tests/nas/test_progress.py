@@ -6,8 +6,8 @@ import io
 
 from rich.console import Console
 
+from nas.events import TrialEvent
 from nas.progress import RichProgress
-from nas.search import TrialEvent
 
 INFO = {"study": "s", "storage": "sqlite:///x.db", "space": "resnet", "sampler": "tpe",
         "pruner": "asha", "objectives": ["accuracy"], "already": 3, "target": 10, "slots": 2,

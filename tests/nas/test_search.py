@@ -58,28 +58,3 @@ def test_four_trial_search_with_two_workers_records_four_runs(backend, request, 
     with torch.inference_mode():
         assert torch.equal(model(batch), trained(batch))
     assert report.val_accuracy == max(r.val_accuracy for r in runs if r.state == "complete")
-
-
-def test_running_the_same_study_again_continues_it(ray_local, sqlite_url):
-    run_search(_config(sqlite_url, "again", trials=2))
-    summary = run_search(_config(sqlite_url, "again", trials=4))
-    runs = Store(sqlite_url).runs("again")
-    assert sorted(r.trial_number for r in runs) == [0, 1, 2, 3]
-    assert sum(summary.counts.values()) == 2  # only the two missing trials ran
-    # A third run with the same target has nothing to do and does not fail.
-    summary = run_search(_config(sqlite_url, "again", trials=4))
-    assert sum(summary.counts.values()) == 0
-
-
-def test_each_trial_carries_what_the_dashboard_shows(ray_local, sqlite_url):
-    from optuna_dashboard import get_note
-
-    run_search(_config(sqlite_url, "shown", trials=2))
-    study = optuna.load_study(study_name="shown", storage=sqlite_url)
-    for frozen in study.trials:
-        attrs = frozen.user_attrs
-        assert {"arch_id", "params", "flops", "architecture", "skips", "device"} <= set(attrs)
-        trial = optuna.trial.Trial(study, frozen._trial_id)
-        note = get_note(trial)
-        assert attrs["arch_id"] in note and "| stage | blocks |" in note
-        assert note.count("\n| ") == 1 + len(attrs["skips"].split(","))  # header + one per stage

@@ -1,0 +1,52 @@
+"""What a search tells the outside while it runs: trial events, the summary, progress hooks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrialEvent:
+    """What the progress display and `--json` see of one finished trial."""
+
+    number: int
+    state: str  # complete | pruned | failed | cached | infeasible
+    arch_id: str
+    summary: str
+    values: list[float] | None = None
+    val_accuracy: float | None = None
+    params: int | None = None
+    flops: int | None = None
+    duration_s: float | None = None
+    reason: str | None = None
+    cached_from: int | None = None  # the store run (nas_runs.id) that answered it
+    retry_of: int | None = None
+    host: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class SearchSummary:
+    """The outcome of one `nas search` invocation."""
+
+    study: str
+    storage: str
+    status: str  # finished | interrupted | budget
+    counts: dict[str, int] = field(default_factory=dict)
+    best: list[dict[str, Any]] = field(default_factory=list)
+    wall_s: float = 0.0
+    compute_s: float = 0.0
+    trials_in_study: int = 0
+
+
+class Progress:
+    """Hooks for the CLI's display; the default does nothing."""
+
+    def start(self, info: dict[str, Any]) -> None: ...
+    def trial(self, event: TrialEvent, counts: dict[str, int], best: dict[str, Any] | None) -> None: ...
+    def epoch(self, number: int, epoch: int, metrics: dict[str, Any]) -> None: ...
+    def tick(self, status: dict[str, Any]) -> None: ...
+    def stop(self) -> None: ...

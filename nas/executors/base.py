@@ -1,0 +1,85 @@
+"""The contract between the search loop and whatever runs its trials.
+
+The loop submits `Job`s (plain data: a spec dict, a recipe dict), reads a stream of
+events (`Epoch`, `Result`, `Lost`), answers each `Epoch` of a prunable trial with
+`decide(key, epoch, stop)`, and cancels what it no longer wants. An executor never sees the
+study or the store; the loop never sees Ray.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Job:
+    """One trial for an executor: what `workers.run_trial` gets (a `workers.TrialRequest`
+    as a dict), plus how the loop follows it."""
+
+    key: str  # unique in the executor; epochs and the result carry it back
+    spec: dict[str, Any]
+    config: dict[str, Any]
+    prunable: bool = True  # the worker waits for a decision after each epoch
+
+    def payload(self) -> dict[str, Any]:
+        """The request dict `run_trial` takes."""
+        return {"spec": self.spec, "config": self.config, "key": self.key}
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """A trial finished an epoch; a prunable one waits for `decide`."""
+
+    key: str
+    epoch: int
+    metrics: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Result:
+    """A trial ended on its worker: `run_trial`'s result dict (any state)."""
+
+    key: str
+    result: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A trial's worker died, or the trial could not be delivered; it will never report."""
+
+    key: str
+    reason: str
+
+
+Event = Epoch | Result | Lost
+
+
+class Executor(Protocol):
+    """Runs trials somewhere. Every method is called from the loop's thread."""
+
+    @property
+    def capacity(self) -> int:
+        """How many trials it runs at once; the loop never has more outstanding."""
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What the progress display says about it (kind, runners, notes)."""
+
+    def now(self) -> float:
+        """The clock the loop measures deadlines and budgets with (seconds)."""
+
+    def submit(self, request: Job) -> None:
+        """Start `request`; with the executor at capacity the loop does not call this."""
+
+    def events(self, timeout: float) -> list[Event]:
+        """What happened since the last call, waiting up to `timeout` for something."""
+
+    def decide(self, key: str, epoch: int, stop: bool) -> None:
+        """Answer the `Epoch` a prunable trial waits on: stop (prune) or go on."""
+
+    def cancel(self, key: str) -> None:
+        """Stop `key` wherever it is; no event of it follows."""
+
+    def close(self) -> None:
+        """Free what the executor holds (cancel nothing that still runs)."""

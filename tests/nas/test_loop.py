@@ -1,0 +1,342 @@
+"""The search loop on the in-process executor: scheduling, retries, budgets, duplicates,
+pruning and recovery, as exact sequences on a simulated clock (no Ray, no training).
+
+Each trial's curve comes from its architecture (a hash of the spec), so a test knows what
+every trial will report, and nothing depends on how busy the machine is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+from dataclasses import replace
+
+import optuna
+import pytest
+
+from db import Store
+from nas.config import build_config
+from nas.errors import UserError
+from nas.events import Progress
+from nas.executors.local import LocalExecutor, Script
+from nas.search import Search, run_search
+from search_spaces import load_space, zoo
+
+TINY_SPACE = """
+name: tiny
+description: four architectures only
+stem: cifar
+stem_width: 8
+stages:
+  - {stride: 1, depth: [1], width: [8], skip: [identity, projection]}
+  - {stride: 2, depth: [1], width: [16], skip: [identity, projection]}
+"""
+COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                          optuna.trial.TrialState.FAIL)
+
+
+def quality(spec: dict) -> float:
+    """A fixed accuracy in (0.1, 0.9) per architecture."""
+    digest = hashlib.sha256(repr(sorted(spec.items())).encode()).hexdigest()
+    return 0.1 + 0.8 * int(digest[:8], 16) / 0xFFFFFFFF
+
+
+def curve(request, *, epoch_s: float = 10.0, **script) -> Script:
+    """A rising learning curve towards the architecture's quality."""
+    q, epochs = quality(request.spec), request.config["epochs"]
+    points = [{"val_accuracy": q * (i + 1) / epochs, "val_loss": 1 - q} for i in range(epochs)]
+    return Script(epochs=points, epoch_s=epoch_s, **script)
+
+
+def config(url: str, study: str = "loop", **overrides):
+    train = overrides.pop("train", {"epochs": 2})
+    flags = {"study": study, "storage": url, "space": "resnet", "trials": 6, "workers": 2,
+             "seed": 1, "pruner": "none", "train": train}
+    flags.update(overrides)
+    return build_config({}, flags, "flags")
+
+
+def trials_of(url: str, study: str = "loop"):
+    return optuna.load_study(study_name=study, storage=url).get_trials(deepcopy=False)
+
+
+def test_the_loop_keeps_every_slot_busy_and_never_more(sqlite_url):
+    executor = LocalExecutor(curve, capacity=3)
+    summary = run_search(config(sqlite_url, trials=7, sampler="random"), executor=executor)
+    assert summary.counts["complete"] + summary.counts["cached"] == 7
+    assert executor.max_running == 3
+    # Three start at once; each later one starts when one has ended, in trial order.
+    submits = [key for what, key in executor.log if what == "submit"]
+    assert [k.split(":")[0] for k in submits[:3]] == ["0", "1", "2"]
+    first_result = next(i for i, (what, _) in enumerate(executor.log) if what == "result")
+    assert sum(1 for what, _ in executor.log[:first_result] if what == "submit") == 3
+
+
+def test_trials_count_the_study_total_and_a_resume_adds_only_the_rest(sqlite_url):
+    run_search(config(sqlite_url, trials=4), executor=LocalExecutor(curve))
+    again = run_search(config(sqlite_url, trials=6), executor=LocalExecutor(curve))
+    assert sum(again.counts.values()) == 2
+    assert len(trials_of(sqlite_url)) == 6
+    assert sorted(r.trial_number for r in Store(sqlite_url).runs("loop")) == list(range(6))
+
+
+def test_a_lost_worker_is_retried_as_a_linked_trial_until_the_retries_run_out(sqlite_url):
+    def dies_for(numbers):
+        def trainer(request):
+            number = int(request.key.split(":")[0])
+            return curve(request, lost_after_s=15.0 if number in numbers else None)
+        return trainer
+
+    # Epochs of 10 s; trials 1 and 2 die 15 s after they start. Trial 1's retry is queued
+    # at once (trial 2, same parameters) and dies too; the retry of that (4) trains.
+    summary = run_search(config(sqlite_url, trials=4, max_retries=2),
+                         executor=LocalExecutor(dies_for({1, 2}), capacity=2))
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("loop")}
+    trials = trials_of(sqlite_url)
+    assert [(n, runs[n].state, runs[n].retry_of) for n in sorted(runs)] == [
+        (0, "complete", None), (1, "failed", None), (2, "failed", 1),
+        (3, "complete", None), (4, "complete", 2), (5, "complete", None)]
+    assert runs[1].reason.startswith("worker_lost") and len(Store(sqlite_url).epochs(runs[1].id)) == 1
+    assert trials[4].params == trials[1].params and trials[4].user_attrs["attempt"] == 2
+    assert [t.state for t in trials] == [COMPLETE, FAIL, FAIL, COMPLETE, COMPLETE, COMPLETE]
+    assert summary.counts == {"complete": 4, "pruned": 0, "failed": 0, "cached": 0,
+                              "infeasible": 0}
+
+    # With no retries left the failure counts toward --trials.
+    other = sqlite_url.replace("nas.db", "noretry.db")  # no runs to answer duplicates from
+    summary = run_search(config(other, trials=3, max_retries=0),
+                         executor=LocalExecutor(dies_for({0}), capacity=1))
+    assert (summary.counts["failed"], summary.counts["complete"]) == (1, 2)
+    assert len(trials_of(other)) == 3
+
+
+def test_a_compute_budget_stops_proposing_and_lets_running_trials_finish(sqlite_url):
+    # 2 epochs of 10 s: 20 s a trial, 2 at a time, 100 s of compute. At 40 s, 80 s are
+    # spent and two more start; at 60 s, 120 s are: nothing more is proposed.
+    summary = run_search(config(sqlite_url, trials=50, max_compute_hours=100 / 3600),
+                         executor=LocalExecutor(curve, capacity=2))
+    runs = Store(sqlite_url).runs("loop")
+    assert summary.status == "budget"
+    assert len(runs) == 6 and all(r.state == "complete" for r in runs)
+    assert summary.compute_s == pytest.approx(120.0)
+    assert all(t.state.is_finished() for t in trials_of(sqlite_url))
+
+
+def test_a_timeout_counts_on_the_loops_clock(sqlite_url):
+    # The clock starts at the first proposal; trials take 20 s; 45 s: three rounds start.
+    summary = run_search(config(sqlite_url, trials=50, timeout=45.0),
+                         executor=LocalExecutor(curve, capacity=2))
+    assert summary.status == "budget"
+    assert len(Store(sqlite_url).runs("loop")) == 6
+
+
+def test_a_duplicate_of_a_training_trial_waits_for_it_and_is_answered(sqlite_url, tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    executor = LocalExecutor(curve, capacity=4)
+    summary = run_search(config(sqlite_url, space=str(space), trials=10, sampler="random"),
+                         executor=executor)
+    runs = Store(sqlite_url).runs("loop")
+    trained = [r for r in runs if r.cached_from is None]
+    assert len(runs) == 10
+    submits = [k for w, k in executor.log if w == "submit"]
+    assert len({r.arch_id for r in trained}) == len(trained) == len(submits)
+    assert len(trained) <= 4 and summary.counts["cached"] == 10 - len(trained)
+    by_id = {r.id: r for r in runs}
+    for r in runs:
+        if r.cached_from is not None:
+            source = by_id[r.cached_from]
+            assert (source.arch_id, source.val_accuracy, source.state) == (
+                r.arch_id, r.val_accuracy, r.state)
+    # Another study on the same database trains none of them again.
+    again = run_search(config(sqlite_url, "other", space=str(space), trials=4, sampler="random"),
+                       executor=(other := LocalExecutor(curve, capacity=4)))
+    trained_ids = {r.arch_id for r in trained}
+    fresh = [r for r in Store(sqlite_url).runs("other") if r.cached_from is None]
+    assert {r.arch_id for r in fresh}.isdisjoint(trained_ids)
+    assert len([w for w, _ in other.log if w == "submit"]) == len(fresh)
+    assert again.counts["cached"] == 4 - len(fresh)
+
+
+def test_duplicates_of_a_failed_trial_train_one_at_a_time(sqlite_url, tmp_path):
+    space = tmp_path / "one.yaml"
+    space.write_text(TINY_SPACE.replace("[identity, projection]", "[identity]"))
+    first = {"failed": False}
+
+    def fails_once(request):
+        if not first["failed"]:
+            first["failed"] = True
+            return curve(request, state="failed", reason="exception: boom")
+        return curve(request)
+
+    executor = LocalExecutor(fails_once, capacity=3)
+    summary = run_search(config(sqlite_url, space=str(space), trials=3), executor=executor)
+    runs = sorted(Store(sqlite_url).runs("loop"), key=lambda r: r.trial_number)
+    # Trials 1 and 2 waited on trial 0; it failed, so trial 1 trained and answered trial 2.
+    assert [(r.state, r.cached_from is not None) for r in runs] == [
+        ("failed", False), ("complete", False), ("complete", True)]
+    assert [w for w, _ in executor.log if w == "submit"] == ["submit", "submit"]
+    assert summary.counts == {"complete": 1, "pruned": 0, "failed": 1, "cached": 1,
+                              "infeasible": 0}
+
+
+def test_infeasible_candidates_are_told_never_trained_and_not_counted(sqlite_url):
+    limit = 40_000
+    executor = LocalExecutor(curve)
+    summary = run_search(config(sqlite_url, trials=6, max_params=limit), executor=executor)
+    runs = Store(sqlite_url).runs("loop")
+    trials = trials_of(sqlite_url)
+    infeasible = [t for t in trials if t.user_attrs.get("infeasible")]
+    assert summary.counts["infeasible"] == len(infeasible) >= 1
+    assert len(runs) == 6 and all(r.params <= limit for r in runs)
+    assert all(t.constraints["params"] > 0 for t in infeasible)
+    assert all(t.state == COMPLETE and t.values[0] == 0.0 for t in infeasible)
+    assert len(trials) == 6 + len(infeasible)
+
+
+def test_impossible_constraints_end_the_search_with_a_user_error(sqlite_url):
+    search = Search(config(sqlite_url, trials=5, max_params=10), executor=LocalExecutor(curve))
+    with pytest.raises(UserError, match="constraints look impossible"):
+        search.run()
+    assert Store(sqlite_url).searches("loop")[0].status == "failed"
+
+
+def test_asha_prunes_on_the_reported_curves(sqlite_url):
+    executor = LocalExecutor(curve, capacity=2)
+    summary = run_search(config(sqlite_url, trials=12, pruner="asha", sampler="random",
+                                train={"epochs": 4}), executor=executor)
+    store = Store(sqlite_url)
+    runs = {r.trial_number: r for r in store.runs("loop")}
+    trials = {t.number: t for t in trials_of(sqlite_url)}
+    assert summary.counts["pruned"] >= 3
+    for n, r in runs.items():
+        assert trials[n].state == {"complete": COMPLETE, "pruned": PRUNED}[r.state]
+        epochs = len(store.epochs(r.id))
+        assert (epochs == 4) == (r.state == "complete")
+        assert sorted(trials[n].intermediate_values) == list(range(1, epochs + 1))
+    # The same search gives the same decisions: nothing here depends on timing.
+    rerun = run_search(config(sqlite_url.replace("nas.db", "again.db"), trials=12, pruner="asha", sampler="random",
+                              train={"epochs": 4}), executor=LocalExecutor(curve, capacity=2))
+    assert rerun.counts == summary.counts
+
+
+def test_multi_objective_search_prunes_by_cost_and_reports_its_front(sqlite_url):
+    summary = run_search(config(sqlite_url, trials=12, objectives="accuracy,params",
+                                pruner="asha", sampler="random", train={"epochs": 3}),
+                         executor=LocalExecutor(curve, capacity=2))
+    front = summary.best
+    assert summary.counts["pruned"] >= 1 and front
+    for a in front:  # no point of the front dominates another
+        for b in front:
+            assert a is b or not (a["val_accuracy"] >= b["val_accuracy"]
+                                  and a["params"] <= b["params"])
+    study = optuna.load_study(study_name="loop", storage=sqlite_url)
+    assert study.metric_names == ["val_accuracy", "params"]
+
+
+def test_enqueued_architectures_run_first_once_each(sqlite_url):
+    ids = [replace(zoo.get(n), in_channels=1).arch_id for n in ("resnet20", "resnet32")]
+    cfg = dict(space="skip-ablation", sampler="random", enqueue=("resnet20", "resnet32",
+                                                                   "resnet20"))
+    run_search(config(sqlite_url, trials=3, **cfg), executor=LocalExecutor(curve))
+    runs = sorted(Store(sqlite_url).runs("loop"), key=lambda r: r.trial_number)
+    assert [r.arch_id for r in runs[:2]] == ids
+    # Resumed with the same --enqueue, the study holds them already: nothing is enqueued twice.
+    run_search(config(sqlite_url, trials=5, **cfg), executor=LocalExecutor(curve))
+    fixed = [t.number for t in trials_of(sqlite_url) if "fixed_params" in t.system_attrs]
+    assert fixed == [0, 1]
+
+
+def test_a_trial_queued_in_the_study_by_another_process_runs_first(sqlite_url):
+    space = load_space("skip-ablation")
+    resnet20, resnet32 = (replace(zoo.get(n), in_channels=1) for n in ("resnet20", "resnet32"))
+    study = optuna.create_study(study_name="loop", storage=sqlite_url, direction="maximize")
+    study.enqueue_trial(space.params_for(resnet32))
+    run_search(config(sqlite_url, trials=2, space="skip-ablation", sampler="random",
+                      enqueue=("resnet20",)), executor=LocalExecutor(curve))
+    runs = sorted(Store(sqlite_url).runs("loop"), key=lambda r: r.trial_number)
+    assert [r.arch_id for r in runs] == [resnet32.arch_id, resnet20.arch_id]
+
+
+def test_an_architecture_outside_the_space_cannot_be_enqueued(sqlite_url):
+    with pytest.raises(UserError, match="not in the space"):
+        run_search(config(sqlite_url, space="skip-ablation", enqueue=("resnet50",)),
+                   executor=LocalExecutor(curve))
+
+
+def test_grid_search_covers_the_grid_once_and_stops(sqlite_url, tmp_path):
+    space = tmp_path / "tiny.yaml"
+    space.write_text(TINY_SPACE)
+    summary = run_search(config(sqlite_url, space=str(space), trials=10, sampler="grid"),
+                         executor=LocalExecutor(curve))
+    runs = Store(sqlite_url).runs("loop")
+    assert summary.status == "finished"
+    assert len(runs) == 4 and len({r.arch_id for r in runs}) == 4
+    assert all(r.cached_from is None for r in runs)
+
+
+class StopAt(Progress):
+    """Sends this process `sig` when trial `number` reports epoch `epoch`."""
+
+    def __init__(self, sig: int, number: int = 2, epoch: int = 1) -> None:
+        self.sig, self.number, self.at_epoch = sig, number, epoch
+
+    def epoch(self, number: int, epoch: int, metrics: dict) -> None:
+        if (number, epoch) == (self.number, self.at_epoch):
+            os.kill(os.getpid(), self.sig)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_stop_signal_ends_the_search_at_the_next_turn_and_a_resume_finishes_it(sig, sqlite_url):
+    executor = LocalExecutor(curve, capacity=2)
+    summary = run_search(config(sqlite_url, trials=6, train={"epochs": 3}),
+                         progress=StopAt(sig), executor=executor)
+    assert summary.status == "interrupted"
+    cancelled = sorted(k.split(":")[0] for w, k in executor.log if w == "cancel")
+    assert cancelled == ["2", "3"]
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("loop")}
+    assert [(n, runs[n].state, runs[n].reason) for n in (2, 3)] == [
+        (2, "failed", "interrupted"), (3, "failed", "interrupted")]
+    assert Store(sqlite_url).searches("loop")[-1].status == "interrupted"
+    # The same command again: the two are retried, and the study ends with 6 counted.
+    again = run_search(config(sqlite_url, trials=6, train={"epochs": 3}),
+                       executor=LocalExecutor(curve, capacity=2))
+    trials = trials_of(sqlite_url)
+    assert again.status == "finished"
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
+    assert retried == {2, 3}
+    assert len([t for t in trials if t.number not in retried and t.state.is_finished()]) == 6
+
+
+def test_a_dead_drivers_running_trials_are_closed_retried_and_recorded(sqlite_url):
+    # A driver that died mid-trial: its search row says running, its trial is RUNNING.
+    run_search(config(sqlite_url, trials=2), executor=LocalExecutor(curve))
+    study = optuna.load_study(study_name="loop", storage=sqlite_url)
+    orphan = study.ask()
+    load_space("resnet").suggest(orphan, in_channels=1, num_classes=10)
+    store = Store(sqlite_url)
+    store.start_search("loop", {}, host="elsewhere", pid=1)  # heartbeat now: looks alive
+    with pytest.raises(UserError, match="being searched right now"):
+        run_search(config(sqlite_url, trials=4, heartbeat_s=60), executor=LocalExecutor(curve))
+    run_search(config(sqlite_url, trials=4, heartbeat_s=0.01), executor=LocalExecutor(curve))
+    runs = {r.trial_number: r for r in store.runs("loop")}
+    assert (runs[orphan.number].state, runs[orphan.number].reason) == ("failed", "driver_lost")
+    retry = [r for r in runs.values() if r.retry_of == orphan.number]
+    assert len(retry) == 1 and retry[0].state == "complete"
+    assert [s.status for s in store.searches("loop")] == ["finished", "interrupted", "failed",
+                                                          "finished"]
+
+
+def test_each_trial_carries_what_the_dashboard_shows(sqlite_url):
+    run_search(config(sqlite_url, trials=3, sampler="random"), executor=LocalExecutor(curve))
+    study = optuna.load_study(study_name="loop", storage=sqlite_url)
+    assert study.metric_names == ["val_accuracy"]
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("loop")}
+    for t in study.trials:
+        attrs = t.user_attrs
+        assert {"arch_id", "architecture"} <= set(attrs)
+        assert attrs["arch_id"] == runs[t.number].arch_id
+        assert f"({runs[t.number].params:,} params" in attrs["architecture"]
+        assert sorted(t.intermediate_values) == [1, 2]  # the learning curve, without pruning
