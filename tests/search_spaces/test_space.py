@@ -261,6 +261,70 @@ def test_bad_space_file_is_rejected_naming_file_and_key(tmp_path, case):
     assert str(path) in str(info.value)
 
 
+STAGE_KEYS = "depth, width, stride, block, expansion, groups, width_per_group, skip, heads, compression"
+REFUSED = {
+    "unknown-stage-key": (
+        "stages:\n  - {depth: 1, width: 8, widht: 16}\n",
+        f"`stages[0].widht` got 16; allowed: known keys {STAGE_KEYS} (unknown key)",
+    ),
+    "unknown-shared-key": (
+        "shared: {dpeth: 2}\nstages:\n  - {depth: 1, width: 8}\n",
+        f"`shared.dpeth` got 2; allowed: known keys {STAGE_KEYS} (unknown key)",
+    ),
+    "unknown-range-key": (
+        "stages:\n  - {depth: {low: 1, high: 5, by: 2}, width: 8}\n",
+        "`stages[0].depth.by` got 2; allowed: known keys low, high, step (unknown key)",
+    ),
+    "string-for-int": (
+        "stem_width: wide\nstages:\n  - {depth: 1, width: 8}\n",
+        "`stem_width` got 'wide'; allowed: an integer >= 1, a list of them, or {low, high, step}",
+    ),
+    "range-for-a-name": (
+        "stages:\n  - {depth: 1, width: 8, block: {low: 1, high: 2}}\n",
+        "`stages[0].block` got {'low': 1, 'high': 2}; allowed: "
+        "basic | bottleneck | dense | convnext | transformer, or a list of them",
+    ),
+    "float-in-range": (
+        "stages:\n  - {depth: {low: 1, high: 4.5}, width: 8}\n",
+        "`stages[0].depth.high` got 4.5; allowed: an integer >= 1",
+    ),
+    "list-for-a-mapping": (
+        "constraints: [1000]\nstages:\n  - {depth: 1, width: 8}\n",
+        "`constraints` got [1000]; allowed: a mapping",
+    ),
+    "null-is-not-a-default": (
+        "stages:\n  - {depth: 1, width: 8, stride: null}\n",
+        "`stages[0].stride` got None; allowed: 1 | 2, a list of them, or {low, high, step}",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_unknown_keys_and_wrong_types_are_refused_naming_file_key_and_allowed(tmp_path, case):
+    text, expected = REFUSED[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError) as info:
+        load_space(str(path))
+    assert str(info.value) == f"{path}: {expected}"
+
+
+def test_every_error_of_a_file_is_one_line_in_our_words(tmp_path):
+    path = tmp_path / "many.yaml"
+    path.write_text("preact: maybe\nstages:\n  - {depth: [1, two], width: 8, stride: 3}\n")
+    with pytest.raises(SpaceError) as info:
+        load_space(str(path))
+    assert str(info.value).splitlines() == [
+        f"{path}: `preact` got 'maybe'; allowed: true | false, or a list of them",
+        f"{path}: `stages[0].depth[1]` got 'two'; allowed: an integer >= 1",
+        f"{path}: `stages[0].stride` got 3; allowed: 1 | 2, a list of them, or {{low, high, step}}",
+    ]
+    assert "pydantic" not in str(info.value) and "further information" not in str(info.value)
+    # A dict has no file: its source stands in.
+    with pytest.raises(SpaceError, match=r"^<dict>: `stages\[0\]\.skip` got 'highway'"):
+        SearchSpace.from_dict({"name": "d", "stages": [{"depth": 1, "width": 8, "skip": "highway"}]})
+
+
 def test_python_tags_are_never_constructed(tmp_path, monkeypatch):
     import os
 
