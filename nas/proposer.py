@@ -135,6 +135,15 @@ class Proposer:
             trial.set_user_attr("infeasible", True)  # not counted toward --trials (a resume)
         return p
 
+    def spec_of(self, params: dict[str, Any]) -> tuple[ArchitectureSpec, Any] | None:
+        """The spec and cost that `params` (a trial's) stand for; None if the space cannot
+        build them (another space, or an invalid combination)."""
+        try:
+            spec = self.space.suggest(optuna.trial.FixedTrial(params), **self.shape)
+        except (ValueError, KeyError):
+            return None
+        return spec, complexity(spec, self.input_size)
+
     def _refresh_statistics(self, number: int) -> None:
         if self.store is None or self._analyzed >= len(ANALYZE_AT):
             return

@@ -18,13 +18,11 @@ import optuna
 
 from db import RunRecord, Store, StoreError
 from nas.cache import DuplicateCache
-from nas.cluster import slots_of, start_ray
 from nas.config import SearchConfig
 from nas.errors import UserError
 from nas.events import Progress, SearchSummary, TrialEvent
 from nas.executors.base import Epoch, Executor, Job, Lost, Result
-from nas.executors.pool import PoolExecutor, find_runners
-from nas.executors.ray_tasks import RayTaskExecutor
+from nas.executors.choose import ray_executor
 from nas.loop import drive, stop_signals
 from nas.proposer import Proposal, Proposer, resolve_architecture
 from nas.pruning import PruningRule
@@ -32,12 +30,13 @@ from nas.recorder import Recorder, Subject
 from nas.samplers import make_sampler
 from nas.study import (
     best_trials,
+    close_dead_searches,
     counted_trials,
     fail_trial,
     open_storage,
     open_study,
 )
-from search_spaces import SearchSpace, complexity, load_space
+from search_spaces import SearchSpace, load_space
 from workers import TrainConfig, dataset_info
 
 __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
@@ -45,8 +44,6 @@ __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
 TrialState = optuna.trial.TrialState
 # Consecutive proposals that break a constraint before we call the constraints impossible.
 MAX_CONSECUTIVE_INFEASIBLE = 200
-# A search whose heartbeat is older than this many heartbeat intervals is taken as dead.
-STALE_HEARTBEATS = 3
 
 
 def _load_space(name: str) -> SearchSpace:
@@ -56,17 +53,13 @@ def _load_space(name: str) -> SearchSpace:
         raise UserError(str(exc)) from None
 
 
-def _alive(host: str | None, pid: int | None) -> bool:
-    """Whether a search driver may still be running (certain only on this host)."""
-    if host != socket.gethostname() or not pid:
-        return True  # another machine: only its heartbeat can tell
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _impossible(space: str, limits: dict[str, int | None]) -> str:
+    lims = ", ".join(f"{k.replace('_', '-')}={v:,}" for k, v in limits.items() if v)
+    return (
+        f"the last {MAX_CONSECUTIVE_INFEASIBLE} candidates of space `{space}` all broke the "
+        f"constraints ({lims}); the constraints look impossible for this space. Raise "
+        "--max-params/--max-flops or choose a smaller space."
+    )
 
 
 class Search:
@@ -95,11 +88,8 @@ class Search:
             "max_params": config.max_params or self.space.constraints.get("max_params"),
             "max_flops": config.max_flops or self.space.constraints.get("max_flops"),
         }
-        self.enqueue_specs = [
-            resolve_architecture(ref, in_channels=self.data.in_channels,
-                                 num_classes=self.data.num_classes)
-            for ref in config.enqueue
-        ]
+        shape = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes}
+        self.enqueue_specs = [resolve_architecture(ref, **shape) for ref in config.enqueue]
         self.pruning = PruningRule(config.effective_pruner(self.epochs), epochs=self.epochs,
                                    multi_objective=config.multi_objective)
         # 2. the store, then Optuna's tables beside ours in the same database.
@@ -108,7 +98,15 @@ class Search:
             self.store = Store(config.storage)
         except StoreError as exc:
             raise UserError(str(exc)) from None
-        self.study = self._open_study(storage)
+        self.study = open_study(
+            config.study, storage, objectives=config.objectives,
+            sampler=lambda offset: make_sampler(config.sampler, grid=self.space.grid(),
+                                                seed=None if config.seed is None else config.seed + offset),
+            pruner=self.pruning.study_pruner(),
+            identity={"space": self.space.name, "recipe_id": self.recipe.recipe_id,
+                      "objectives": list(config.objectives), "dataset": self.recipe.dataset,
+                      "epochs": self.epochs},
+        )
         self.store.save_recipe(self.recipe.recipe_id, self.recipe.to_dict(), self.recipe.dataset)
         self.proposer = Proposer(
             self.study, self.space, in_channels=self.data.in_channels,
@@ -129,39 +127,11 @@ class Search:
         self._next_beat = 0.0
 
     # -- set-up -------------------------------------------------------------------------------
-    def _open_study(self, storage: optuna.storages.BaseStorage) -> optuna.Study:
-        cfg = self.config
-        grid = self.space.grid()
-        study = open_study(
-            cfg.study, storage, objectives=cfg.objectives,
-            sampler=make_sampler(cfg.sampler, seed=cfg.seed, grid=grid),
-            pruner=self.pruning.study_pruner(),
-            identity={"space": self.space.name, "recipe_id": self.recipe.recipe_id,
-                      "objectives": list(cfg.objectives), "dataset": self.recipe.dataset,
-                      "epochs": self.epochs},
-        )
-        existing = len(study.get_trials(deepcopy=False))
-        if existing and cfg.seed is not None:
-            # Resuming with the same seed would replay the same proposals (all answered from
-            # the cache); offset it by the history so a resumed search explores on, still
-            # reproducibly.
-            study.sampler = make_sampler(cfg.sampler, seed=cfg.seed + existing, grid=grid)
-        return study
-
     def _recover(self) -> None:
         """Refuse a study another live driver searches; close what a dead one left RUNNING
         (a failed run row each, and a retry while it has retries left)."""
-        now = time.time()
-        for s in self.store.searches(self.config.study):
-            if s.status != "running" or s.id == self.search_id:
-                continue
-            age = now - (s.heartbeat or s.started or 0)
-            if _alive(s.host, s.pid) and age < STALE_HEARTBEATS * self.config.heartbeat_s:
-                raise UserError(
-                    f"study `{self.config.study}` is being searched right now by {s.host} pid "
-                    f"{s.pid} (heartbeat {age:.0f} s ago). Wait for it, or use another --study."
-                )
-            self.store.end_search(s.id, "interrupted")
+        close_dead_searches(self.store, self.config.study, own=self.search_id,
+                            heartbeat_s=self.config.heartbeat_s)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             subject = self._subject_of_frozen(t)
             if subject is not None:
@@ -175,13 +145,10 @@ class Search:
 
     def _subject_of_frozen(self, t: optuna.trial.FrozenTrial) -> Subject | None:
         """The run row's subject for a trial of an earlier driver, from its parameters."""
-        try:
-            spec = self.space.suggest(optuna.trial.FixedTrial(t.params),
-                                      in_channels=self.data.in_channels,
-                                      num_classes=self.data.num_classes)
-        except (ValueError, KeyError):
+        found = self.proposer.spec_of(t.params)
+        if found is None:
             return None
-        cost = complexity(spec, self.input_size)
+        spec, cost = found
         started = t.datetime_start.timestamp() if t.datetime_start else None
         return Subject(t.number, spec, self.recipe.recipe_id, self.recipe.dataset, self.epochs,
                        cost.params, cost.flops, retry_of=t.user_attrs.get("retry_of"),
@@ -191,23 +158,6 @@ class Search:
         return Subject(p.number, p.spec, self.recipe.recipe_id, self.recipe.dataset,
                        self.epochs, p.params, p.flops, retry_of=p.retry_of,
                        started=p.started or None)
-
-    def _make_executor(self) -> tuple[Executor, str]:
-        """The Ray executor: resident runners when the cluster joined has usable ones, else
-        one Ray task per trial. Returns it and how Ray came up ("started", "joined", "")."""
-        cfg = self.config
-        how = start_ray(cfg.ray_address, slots=cfg.workers, cpus_per_trial=cfg.cpus_per_trial)
-        self.runners_note = None
-        if how != "started":  # a cluster we were told to use may hold warm runners
-            from workers.ray_task import pool_broker  # imports Ray
-
-            handles, self.runners_note = find_runners(
-                cpus=cfg.cpus_per_trial, gpus=cfg.gpus_per_trial, limit=cfg.workers)
-            if handles:
-                return PoolExecutor(handles, broker=pool_broker()), how
-        slots = slots_of(workers=cfg.workers, cpus_per_trial=cfg.cpus_per_trial,
-                         gpus_per_trial=cfg.gpus_per_trial)
-        return RayTaskExecutor(slots=slots, cpus=cfg.cpus_per_trial, gpus=cfg.gpus_per_trial), how
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -227,7 +177,9 @@ class Search:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
             if executor is None:
-                executor, ray_started = self._make_executor()
+                executor, ray_started, self.runners_note = ray_executor(
+                    address=cfg.ray_address, workers=cfg.workers,
+                    cpus_per_trial=cfg.cpus_per_trial, gpus_per_trial=cfg.gpus_per_trial)
                 self.executor = executor
             self._started = executor.now()
             self._deadline = self._started + cfg.timeout if cfg.timeout else math.inf
@@ -315,12 +267,7 @@ class Search:
         self.recorder.emit(subject, "infeasible", values=values, reason="constraints")
         self._infeasible_streak += 1
         if self._infeasible_streak >= MAX_CONSECUTIVE_INFEASIBLE:
-            lims = ", ".join(f"{k.replace('_', '-')}={v:,}" for k, v in self.limits.items() if v)
-            raise UserError(
-                f"the last {MAX_CONSECUTIVE_INFEASIBLE} candidates of space `{self.space.name}` "
-                f"all broke the constraints ({lims}); the constraints look impossible for this "
-                "space. Raise --max-params/--max-flops or choose a smaller space."
-            )
+            raise UserError(_impossible(self.space.name, self.limits))
 
     def _launch(self, p: Proposal, now: float) -> Job | None:
         """Answer `p` from a finished duplicate, park it behind one that trains, or return

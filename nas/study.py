@@ -7,6 +7,10 @@ attribute, a constraint (`Trial.set_constraint`) or a row in our own `nas_` tabl
 
 from __future__ import annotations
 
+import os
+import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +28,8 @@ OBJECTIVE_DIRECTIONS = {
     "latency": "minimize",
 }
 # Metric names the dashboard shows instead of "Objective 0".
+# A search whose heartbeat is older than this many heartbeat intervals is taken as dead.
+STALE_HEARTBEATS = 3
 OBJECTIVE_NAMES = {"accuracy": "val_accuracy", "params": "params", "flops": "macs",
                    "latency": "latency_ms"}
 
@@ -101,15 +107,19 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     *,
     objectives: list[str] | tuple[str, ...],
-    sampler: optuna.samplers.BaseSampler,
+    sampler: Callable[[int], optuna.samplers.BaseSampler],
     pruner: optuna.pruners.BasePruner | None,
     identity: dict[str, Any],
 ) -> optuna.Study:
     """Create or load the study `name`; refuse one made for other objectives, another space
-    or another recipe (`identity`: {"space", "recipe_id", ...}, kept as a study attribute)."""
+    or another recipe (`identity`: {"space", "recipe_id", ...}, kept as a study attribute).
+
+    `sampler(offset)` makes the sampler, its seed offset by `offset`: a resumed study gets
+    the number of trials it holds, so that it does not replay the proposals of the first run
+    with the same seed (all answered from the cache) but explores on, still reproducibly."""
     directions = [OBJECTIVE_DIRECTIONS[o] for o in objectives]
     try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler(0),
                                     pruner=pruner, directions=directions, load_if_exists=True)
     except ValueError as exc:
         raise UserError(f"study `{name}`: {exc}") from None
@@ -131,6 +141,8 @@ def open_study(
     if not recorded:
         study.set_user_attr("resnas", identity)
         study.set_metric_names([OBJECTIVE_NAMES[o] for o in objectives])
+    if existing := len(study.get_trials(deepcopy=False)):
+        study.sampler = sampler(existing)
     return study
 
 
@@ -200,3 +212,32 @@ def best_trials(
             }
         )
     return out
+
+
+def close_dead_searches(store: Store, study: str, *, own: int, heartbeat_s: float) -> None:
+    """Refuse a study that another live driver searches; mark the searches of dead
+    drivers `interrupted`."""
+    now = time.time()
+    for s in store.searches(study):
+        if s.status != "running" or s.id == own:
+            continue
+        age = now - (s.heartbeat or s.started or 0)
+        if _alive(s.host, s.pid) and age < STALE_HEARTBEATS * heartbeat_s:
+            raise UserError(
+                f"study `{study}` is being searched right now by {s.host} pid {s.pid} "
+                f"(heartbeat {age:.0f} s ago). Wait for it, or use another --study."
+            )
+        store.end_search(s.id, "interrupted")
+
+
+def _alive(host: str | None, pid: int | None) -> bool:
+    """Whether a search driver may still be running (certain only on this host)."""
+    if host != socket.gethostname() or not pid:
+        return True  # another machine: only its heartbeat can tell
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

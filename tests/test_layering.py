@@ -188,3 +188,34 @@ def test_no_private_symbols_of_optuna_anywhere_and_of_ray_only_in_the_cluster_mo
                 if match and not (path == PRIVATE_RAY_HOME and match.group().startswith("ray.")):
                     found.append(f"{path}:{n}: {line.strip()}")
     assert not found, "private symbols:\n" + "\n".join(found)
+
+
+# -- size --------------------------------------------------------------------------------------
+# One job per module: past these a module (or class) is doing several (DESIGN.md, "Inside nas").
+MAX_MODULE_LINES = 400
+MAX_CLASS_LINES = 300
+
+
+def oversized(path: str, source: str) -> list[str]:
+    found = []
+    lines = source.count("\n") + 1
+    if lines > MAX_MODULE_LINES:
+        found.append(f"{path}: {lines} lines (at most {MAX_MODULE_LINES})")
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ClassDef):
+            length = node.end_lineno - node.lineno + 1
+            if length > MAX_CLASS_LINES:
+                found.append(f"{path}: class {node.name} has {length} lines (at most {MAX_CLASS_LINES})")
+    return found
+
+
+def test_no_nas_module_or_class_does_several_jobs():
+    found = []
+    for file in sorted((ROOT / "nas").rglob("*.py")):
+        found += oversized(file.relative_to(ROOT).as_posix(), file.read_text(encoding="utf-8"))
+    assert not found, "\n".join(found)
+
+
+def test_an_oversized_class_is_caught():
+    body = "class Big:\n" + "    x = 1\n" * MAX_CLASS_LINES
+    assert oversized("nas/x.py", body) == [f"nas/x.py: class Big has {MAX_CLASS_LINES + 1} lines (at most {MAX_CLASS_LINES})"]

@@ -195,9 +195,12 @@ def test_infeasible_candidates_are_told_never_trained_and_not_counted(sqlite_url
     assert len(trials) == 6 + len(infeasible)
 
 
-def test_impossible_constraints_end_the_search_with_a_user_error(sqlite_url):
+def test_impossible_constraints_end_the_search_with_a_user_error(sqlite_url, monkeypatch):
+    import nas.search
+
+    monkeypatch.setattr(nas.search, "MAX_CONSECUTIVE_INFEASIBLE", 20)
     search = Search(config(sqlite_url, trials=5, max_params=10), executor=LocalExecutor(curve))
-    with pytest.raises(UserError, match="constraints look impossible"):
+    with pytest.raises(UserError, match="last 20 candidates .* constraints look impossible"):
         search.run()
     assert Store(sqlite_url).searches("loop")[0].status == "failed"
 
