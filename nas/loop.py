@@ -39,7 +39,8 @@ class Work(Protocol):
         """Every turn: heartbeats and the progress display."""
 
     def abandon(self, keys: list[str], reason: str) -> None:
-        """The loop stops with `keys` still running (they have been cancelled)."""
+        """The loop stops with `keys` still running (cancelled unless the caller shuts the
+        executor down): close everything not yet finished."""
 
 
 class StopRequested(KeyboardInterrupt):
@@ -87,8 +88,8 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
             free = executor.capacity - len(running)
             if free > 0:
                 for request in work.fill(free, now):
+                    running.add(request.key)  # before: a submit that raises is abandoned too
                     executor.submit(request)
-                    running.add(request.key)
             if not running and work.finished(executor.now()):
                 return
             work.tick(executor.now(), len(running))
@@ -97,17 +98,17 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
                     if event.key in running:
                         executor.decide(event.key, event.epoch, work.on_epoch(event))
                 elif event.key in running:
-                    running.discard(event.key)
                     if isinstance(event, Result):
                         work.on_result(event)
                     else:
                         work.on_lost(event)
+                    running.discard(event.key)  # after: one that raises is abandoned
+            executor.flush()  # the decisions of this batch, while the workers wait
     except BaseException as exc:
-        if running:
-            if cancel_on_stop:
-                for key in running:
-                    executor.cancel(key)
-            reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
-                f"driver_error: {type(exc).__name__}")
-            work.abandon(sorted(running), reason)
+        if cancel_on_stop:
+            for key in running:
+                executor.cancel(key)
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
+            f"driver_error: {type(exc).__name__}")
+        work.abandon(sorted(running), reason)
         raise

@@ -89,7 +89,9 @@ class Proposer:
                     f"space `{self.space.name}` (it cannot be expressed with its choices)"
                 )
             wanted.append(params)
-        held = [t.params for t in self.study.get_trials(deepcopy=False)]
+        # A WAITING trial has no params yet; `enqueue_trial` keeps them as `fixed_params`.
+        held = [t.system_attrs.get("fixed_params") or t.params
+                for t in self.study.get_trials(deepcopy=False)]
         queued = 0
         for params in wanted:
             if params not in held:
@@ -154,8 +156,12 @@ class Proposer:
 
     def values(self, p: Proposal, accuracy: float, latency_ms: float | None) -> list[float]:
         """The objective values of `p` with this accuracy (costs come from the spec)."""
-        by_name = {"accuracy": float(accuracy), "params": float(p.params),
-                   "flops": float(p.flops),
+        return self.values_of(p.params, p.flops, accuracy, latency_ms)
+
+    def values_of(self, params: int, flops: int, accuracy: float | None,
+                  latency_ms: float | None) -> list[float]:
+        by_name = {"accuracy": float(accuracy or 0.0), "params": float(params),
+                   "flops": float(flops),
                    "latency": float(latency_ms) if latency_ms is not None else float("inf")}
         return [by_name[o] for o in self.objectives]
 

@@ -229,7 +229,9 @@ def retrain(
     t0 = time.time()
     try:
         with stop_signals() as stop:
-            drive(executor, work, stop=stop)
+            # A Ray it started goes down with it; cancelling tasks one by one as well has
+            # tripped Ray's task manager into aborting.
+            drive(executor, work, stop=stop, cancel_on_stop=started_ray != "started")
     finally:
         executor.close()
         if started_ray:
@@ -283,8 +285,9 @@ class _Retrain:
 
     def abandon(self, keys: list[str], reason: str) -> None:
         for key in keys:
-            job = self.pending.pop(key)
-            self.recorder.lost(job.subject, reason, [])
+            job = self.pending.pop(key, None)
+            if job is not None:  # else its outcome was recorded before the stop
+                self.recorder.lost(job.subject, reason, [])
 
     def tick(self, now: float, running: int) -> None:
         pass

@@ -27,6 +27,7 @@ from nas.loop import drive, stop_signals
 from nas.proposer import Proposal, Proposer, resolve_architecture
 from nas.pruning import PruningRule
 from nas.recorder import Recorder, Subject
+from nas.recovery import close_orphan
 from nas.samplers import make_sampler
 from nas.study import (
     best_trials,
@@ -133,26 +134,13 @@ class Search:
         close_dead_searches(self.store, self.config.study, own=self.search_id,
                             heartbeat_s=self.config.heartbeat_s)
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            subject = self._subject_of_frozen(t)
-            if subject is not None:
-                self.recorder.lost(subject, "driver_lost", [])
-            fail_trial(self.study, t.number, t.params, t.user_attrs,
-                       max_retries=self.config.max_retries)
+            close_orphan(t, study=self.study, store=self.store, recorder=self.recorder,
+                         proposer=self.proposer, recipe=self.recipe,
+                         max_retries=self.config.max_retries)
         self.accounted = counted_trials(self.study.get_trials(deepcopy=False))
         for run in self.store.runs(self.config.study):
             self.cache.remember(run)
             self.recorder.seen(run)
-
-    def _subject_of_frozen(self, t: optuna.trial.FrozenTrial) -> Subject | None:
-        """The run row's subject for a trial of an earlier driver, from its parameters."""
-        found = self.proposer.spec_of(t.params)
-        if found is None:
-            return None
-        spec, cost = found
-        started = t.datetime_start.timestamp() if t.datetime_start else None
-        return Subject(t.number, spec, self.recipe.recipe_id, self.recipe.dataset, self.epochs,
-                       cost.params, cost.flops, retry_of=t.user_attrs.get("retry_of"),
-                       started=started)
 
     def _subject(self, p: Proposal) -> Subject:
         return Subject(p.number, p.spec, self.recipe.recipe_id, self.recipe.dataset,
@@ -181,7 +169,7 @@ class Search:
                     address=cfg.ray_address, workers=cfg.workers,
                     cpus_per_trial=cfg.cpus_per_trial, gpus_per_trial=cfg.gpus_per_trial)
                 self.executor = executor
-            self._started = executor.now()
+            self._started = executor.now() - (time.time() - started)  # --timeout counts set-up
             self._deadline = self._started + cfg.timeout if cfg.timeout else math.inf
             self._next_beat = self._started + cfg.heartbeat_s
             info = executor.info
@@ -307,7 +295,7 @@ class Search:
                                         (p.params, p.flops))
 
     def on_result(self, event: Result) -> None:
-        p = self.pending.pop(event.key)
+        p = self.pending[event.key]  # until it is told: an error here leaves it to `abandon`
         waiting = self.cache.ended(p.key)
         result = event.result
         subject = self._subject(p)
@@ -318,10 +306,12 @@ class Search:
             state = "failed"
         values = self.proposer.tell(p, state, accuracy=acc, latency_ms=result.get("latency_ms"),
                                     reason=run.reason)
-        self.cache.remember(run)
+        del self.pending[event.key]
+        if state == run.state:  # a "complete" run without a usable accuracy answers nothing
+            self.cache.remember(run)
         self.recorder.emit(subject, state, values=values, run=run, reason=run.reason)
         for w in waiting:
-            if run.state in ("complete", "pruned") or run.reason == "nan_loss":
+            if state in ("complete", "pruned") or run.reason == "nan_loss":
                 self._answer_from(w, run)
             else:
                 self.ready.append(w)
@@ -335,7 +325,10 @@ class Search:
         """`p` will never report: a failed run row, FAIL in Optuna, and a retry if allowed."""
         subject = self._subject(p)
         self.recorder.lost(subject, reason, p.epochs)
-        p.trial.set_user_attr("reason", reason)
+        try:
+            p.trial.set_user_attr("reason", reason)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return  # another process has closed it (this driver was taken for dead)
         retried = fail_trial(self.study, p.number, p.trial.params, p.trial.user_attrs,
                              max_retries=self.config.max_retries)
         # A retried trial is accounted for by its retry.
@@ -343,10 +336,11 @@ class Search:
                            count=not retried)
 
     def abandon(self, keys: list[str], reason: str) -> None:
-        for key in keys:
-            self._give_up(self.pending.pop(key), reason)
-        for p in self.ready + self.cache.clear():
+        """Everything not yet told: what runs (`keys`, cancelled), what was handed out but
+        not submitted, duplicates waiting for an original, and those ready to retrain."""
+        for p in [*self.pending.values(), *self.ready, *self.cache.clear()]:
             self._give_up(p, reason)
+        self.pending.clear()
         self.ready = []
 
     def tick(self, now: float, running: int) -> None:

@@ -173,6 +173,8 @@ def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> int:
     return sum(
         1 for t in trials
         if t.state.is_finished() and not t.user_attrs.get("infeasible") and t.number not in retried
+        # queued trials an older resnas revoked before they started
+        and not str(t.user_attrs.get("reason", "")).startswith("not_started")
     )
 
 

@@ -78,6 +78,9 @@ class Executor(Protocol):
     def decide(self, key: str, epoch: int, stop: bool) -> None:
         """Answer the `Epoch` a prunable trial waits on: stop (prune) or go on."""
 
+    def flush(self) -> None:
+        """Deliver the decisions made so far (the loop calls it after each batch)."""
+
     def cancel(self, key: str) -> None:
         """Stop `key` wherever it is; no event of it follows."""
 

@@ -15,6 +15,19 @@ def ray_executor(*, address: str | None, workers: int | None, cpus_per_trial: fl
     came up ("started": shut it down after; "joined"; "": already up in this process), and
     why the cluster's resident runners are not used, if it has some."""
     how = start_ray(address, slots=workers, cpus_per_trial=cpus_per_trial)
+    try:
+        return _choose(how, workers=workers, cpus_per_trial=cpus_per_trial,
+                       gpus_per_trial=gpus_per_trial)
+    except BaseException:
+        if how == "started":  # nobody else will shut it down
+            import ray
+
+            ray.shutdown()
+        raise
+
+
+def _choose(how: str, *, workers: int | None, cpus_per_trial: float,
+            gpus_per_trial: float) -> tuple[Executor, str, str | None]:
     note = None
     if how != "started":  # a cluster we were told to use may hold warm runners
         from workers.ray_task import pool_broker  # imports Ray

@@ -101,6 +101,9 @@ class LocalExecutor:
         lost = run.script.lost_after_s
         run.next_at = at if lost is None else min(at, run.started + lost)
 
+    def flush(self) -> None:
+        pass  # decisions take effect in `decide`
+
     def cancel(self, key: str) -> None:
         if self.running.pop(key, None) is not None:
             self.log.append(("cancel", key))

@@ -73,11 +73,14 @@ class RayExecutor:
         if key in self._prunable:  # the others posted their epoch and trained on
             self._decisions.append((self._wire(key), epoch, stop))
 
-    def events(self, timeout: float) -> list[Event]:
-        ray = self._ray
-        if self._decisions:
+    def flush(self) -> None:
+        if self._decisions:  # one call for the batch: the workers wait on it
             self.broker.decide.remote(self._decisions)
             self._decisions = []
+
+    def events(self, timeout: float) -> list[Event]:
+        ray = self._ray
+        self.flush()
         if self._reports is None:
             self._reports = self.broker.next_reports.remote(self.channel, min(timeout, REPORT_WAIT_S))
         by_ref = {ref: key for key, ref in self._refs.items()}

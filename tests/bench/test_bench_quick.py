@@ -11,6 +11,8 @@ pytest.importorskip("ray")
 
 from bench import common  # noqa: E402
 
+pytestmark = pytest.mark.slow  # real searches on Ray
+
 BASE_KEYS = {"benchmark", "command", "when", "machine", "versions", "goals", "mode"}
 
 

@@ -20,6 +20,8 @@ from nas.export import export
 from nas.search import run_search
 from search_spaces import ArchitectureSpec
 
+pytestmark = pytest.mark.slow  # real searches on Ray
+
 STUDY = "an"
 
 

@@ -31,6 +31,8 @@ from nas.search import run_search
 from search_spaces import ArchitectureSpec, build_model
 from tests.nas.bundles import run_model_py_isolated
 
+pytestmark = pytest.mark.slow  # real searches on Ray
+
 STUDY = "exp"
 
 

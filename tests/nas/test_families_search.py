@@ -16,6 +16,8 @@ from nas.search import run_search
 from search_spaces import ArchitectureSpec
 from tests.nas.bundles import run_model_py_isolated
 
+pytestmark = pytest.mark.slow  # real searches on Ray
+
 # preset -> (zoo architecture tried first, the block the exported network must contain)
 PRESETS = {
     "densenet": (None, "dense"),

@@ -251,6 +251,17 @@ def test_enqueued_architectures_run_first_once_each(sqlite_url):
     assert fixed == [0, 1]
 
 
+def test_enqueued_architectures_left_waiting_are_not_queued_again(sqlite_url):
+    cfg = dict(space="skip-ablation", sampler="random", enqueue=("resnet20", "resnet32"))
+    run_search(config(sqlite_url, trials=1, **cfg), executor=LocalExecutor(curve))
+    waiting = [t for t in trials_of(sqlite_url) if t.state == optuna.trial.TrialState.WAITING]
+    assert len(waiting) == 1  # resnet32: the study was full before it was asked for
+    run_search(config(sqlite_url, trials=3, **cfg), executor=LocalExecutor(curve))
+    fixed = [t.system_attrs["fixed_params"] for t in trials_of(sqlite_url)
+             if "fixed_params" in t.system_attrs]
+    assert len(fixed) == 2 and fixed[0] != fixed[1]
+
+
 def test_a_trial_queued_in_the_study_by_another_process_runs_first(sqlite_url):
     space = load_space("skip-ablation")
     resnet20, resnet32 = (replace(zoo.get(n), in_channels=1) for n in ("resnet20", "resnet32"))
@@ -302,6 +313,7 @@ def test_a_stop_signal_ends_the_search_at_the_next_turn_and_a_resume_finishes_it
     assert [(n, runs[n].state, runs[n].reason) for n in (2, 3)] == [
         (2, "failed", "interrupted"), (3, "failed", "interrupted")]
     assert Store(sqlite_url).searches("loop")[-1].status == "interrupted"
+    assert not [t for t in trials_of(sqlite_url) if t.state == optuna.trial.TrialState.RUNNING]
     # The same command again: the two are retried, and the study ends with 6 counted.
     again = run_search(config(sqlite_url, trials=6, train={"epochs": 3}),
                        executor=LocalExecutor(curve, capacity=2))
@@ -311,6 +323,23 @@ def test_a_stop_signal_ends_the_search_at_the_next_turn_and_a_resume_finishes_it
     retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
     assert retried == {2, 3}
     assert len([t for t in trials if t.number not in retried and t.state.is_finished()]) == 6
+
+
+def test_a_dead_driver_that_recorded_its_last_result_is_not_retried(sqlite_url):
+    # The driver wrote the run row and died before telling Optuna: the row is the truth.
+    run_search(config(sqlite_url, trials=2), executor=LocalExecutor(curve))
+    store = Store(sqlite_url)
+    done = store.run_for_trial("loop", 1)
+    study = optuna.load_study(study_name="loop", storage=sqlite_url)
+    orphan = study.ask()
+    load_space("resnet").suggest(orphan, in_channels=1, num_classes=10)
+    store.record_run(replace(done, id=None, trial_number=orphan.number))
+    run_search(config(sqlite_url, trials=3, heartbeat_s=0.01), executor=LocalExecutor(curve))
+    closed = trials_of(sqlite_url)[orphan.number]
+    assert closed.state == COMPLETE and closed.values == [done.val_accuracy]
+    row = store.run_for_trial("loop", orphan.number)
+    assert (row.state, row.val_accuracy) == ("complete", done.val_accuracy)
+    assert len(trials_of(sqlite_url)) == 3  # nothing retried, nothing more to run
 
 
 def test_a_dead_drivers_running_trials_are_closed_retried_and_recorded(sqlite_url):

@@ -50,6 +50,7 @@ class _Handle:
         return f"ref-{request['key']}"
 
 
+@pytest.mark.slow
 def test_the_pool_executor_gives_each_trial_an_idle_runner(ray_local):
     from nas.executors.base import Job
     from nas.executors.pool import PoolExecutor
@@ -146,6 +147,7 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
     shutil.rmtree(ray_dir, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_a_search_on_its_own_ray_trains_at_the_node_priority(tmp_path: Path):
     # Ray would lower every worker's priority by 15, below the driver's (see WORKER_ENV).
     # A fresh interpreter: this session's Ray is already initialised in this one.

@@ -14,6 +14,8 @@ from nas.export import export
 from nas.retrain import kendall_tau, retrain
 from nas.search import run_search
 
+pytestmark = pytest.mark.slow  # real searches on Ray
+
 STUDY = "rt"
 
 

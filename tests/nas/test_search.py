@@ -15,6 +15,8 @@ from nas.export import export
 from nas.search import run_search
 from search_spaces import ArchitectureSpec, build_model
 
+pytestmark = pytest.mark.slow  # real searches on Ray
+
 FAST_TRAIN = {"epochs": 2}
 
 

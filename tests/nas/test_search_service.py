@@ -133,6 +133,7 @@ def test_killed_or_interrupted_driver_resumes_with_nothing_left_running(how, sql
     assert before <= after  # nothing finished was lost
 
 
+@pytest.mark.slow
 def test_json_lines_enqueue_and_store_views_from_the_command_line(sqlite_url, tmp_path):
     import json
 
@@ -161,6 +162,7 @@ def test_json_lines_enqueue_and_store_views_from_the_command_line(sqlite_url, tm
     assert status.returncode == 0 and "cli" in status.stdout
 
 
+@pytest.mark.slow
 def test_a_search_on_a_ray_it_did_not_start_leaves_no_broker_behind(ray_local, sqlite_url):
     import ray
 
@@ -174,6 +176,7 @@ def test_a_search_on_a_ray_it_did_not_start_leaves_no_broker_behind(ray_local, s
         ray.get(search.executor.broker.info.remote(), timeout=30)
 
 
+@pytest.mark.slow
 def test_searches_sharing_a_broker_read_only_their_own_reports(ray_local):
     import ray
 
@@ -199,6 +202,7 @@ def test_searches_sharing_a_broker_read_only_their_own_reports(ray_local):
     ray.kill(broker)
 
 
+@pytest.mark.slow
 def test_a_search_that_never_prunes_does_not_hold_its_workers_each_epoch(ray_local, sqlite_url):
     import ray
 
