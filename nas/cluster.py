@@ -1,5 +1,5 @@
-"""Ray start-up, joining, token authentication and discovery: the only home of Ray's
-private calls (`ray._private`, `ray._common`).
+"""Ray start-up, joining, token authentication and discovery: the only module that calls
+into Ray's private modules (the recorded cluster address, a session's directory).
 
 A search starts a Ray of its own unless it is told which cluster to join (`--ray-address
 HOST:PORT`, or `auto` for the cluster `nas pool up` / `ray start` recorded on this machine):

@@ -75,7 +75,8 @@ class Proposer:
         self.limits = limits
         self.objectives = list(objectives)
         self.store = store
-        self._analyzed = sum(1 for n in ANALYZE_AT if len(study.get_trials(deepcopy=False)) >= n)
+        held = len(study.get_trials(deepcopy=False))  # one read, not one per threshold
+        self._analyzed = sum(1 for n in ANALYZE_AT if held >= n)
 
     def enqueue(self, specs: list[ArchitectureSpec]) -> int:
         """Queue each architecture as the parameters of a coming trial, once: those the study
