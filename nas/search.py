@@ -229,7 +229,7 @@ class Search:
     def fill(self, free: int, now: float) -> list[Job]:
         out: list[Job] = []
         while self.ready and len(out) < free:
-            request = self._launch(self.ready.pop(0), now)
+            request = self._launch(self.ready.pop(0))
             if request is not None:
                 out.append(request)
         while len(out) < free and self._may_propose(now):
@@ -243,7 +243,7 @@ class Search:
                 self._answer_infeasible(p)
                 continue
             self._infeasible_streak = 0
-            request = self._launch(p, now)
+            request = self._launch(p)
             if request is not None:
                 out.append(request)
         return out
@@ -257,7 +257,7 @@ class Search:
         if self._infeasible_streak >= MAX_CONSECUTIVE_INFEASIBLE:
             raise UserError(_impossible(self.space.name, self.limits))
 
-    def _launch(self, p: Proposal, now: float) -> Job | None:
+    def _launch(self, p: Proposal) -> Job | None:
         """Answer `p` from a finished duplicate, park it behind one that trains, or return
         the request that trains it."""
         cached = self.cache.finished(p.key)
