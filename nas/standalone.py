@@ -1,7 +1,7 @@
 """The standalone `model.py` of an export bundle: the builder's own source, with the spec inlined.
 
 The file is generated, not hand-maintained: the top-level definitions of the builder's
-modules (`SOURCE_MODULES`: spec, layers, blocks, dense, convnext, transformer, builder) are copied
+modules (`SOURCE_MODULES`: spec, layers, blocks, dense, convnext, transformer, cell, builder) are copied
 verbatim (comments included), minus the cost functions (FLOP counting is not needed to run a
 network) and minus the imports between those modules. So the bundle's network is the searched
 network by construction, and a change to the builder reaches the next export without anyone
@@ -27,6 +27,7 @@ SOURCE_MODULES = (
     "search_spaces.dense",
     "search_spaces.convnext",
     "search_spaces.transformer",
+    "search_spaces.cell",
     "search_spaces.builder",
 )
 # Top-level names of those modules that only price a network; left out of model.py.

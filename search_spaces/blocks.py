@@ -39,14 +39,17 @@ class Stem(nn.Module):
 
     With pre-activation the `cifar` stem is a bare conv: the first block's BN-ReLU follows
     (He et al. 2016, as in their CIFAR code). The `imagenet` stem keeps its BN-ReLU because
-    the max-pool needs an activated input.
+    the max-pool needs an activated input. `relu=False` leaves the ReLU out (conv-BN: the
+    `cifar` stem before a cell, `ArchitectureSpec.stem_relu`).
     """
 
     def __init__(
-        self, kind: str, in_channels: int, width: int, preact: bool = False, patch_size: int = 4
+        self, kind: str, in_channels: int, width: int, preact: bool = False,
+        patch_size: int = 4, *, relu: bool = True,
     ) -> None:
         super().__init__()
         self.kind = kind
+        self.relu = relu
         self.bn = self.norm = self.pool = None
         if kind in PATCH_STEMS:
             self.conv = nn.Conv2d(in_channels, width, patch_size, stride=patch_size, bias=True)
@@ -68,7 +71,7 @@ class Stem(nn.Module):
             return x if self.norm is None else self.norm(x)
         x = self.conv(x)
         if self.bn is not None:
-            x = F.relu(self.bn(x))
+            x = F.relu(self.bn(x)) if self.relu else self.bn(x)
         if self.pool is not None:
             x = self.pool(x)
         return x

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from search_spaces.blocks import ResidualStage, Stem
+from search_spaces.cell import CellStage
 from search_spaces.convnext import ConvNeXtStage
 from search_spaces.dense import DenseStage
 from search_spaces.layers import LN_EPS
@@ -20,21 +21,23 @@ STAGES: dict[str, type[nn.Module]] = {
     "dense": DenseStage,
     "convnext": ConvNeXtStage,
     "transformer": TransformerStage,
+    "cell": CellStage,
 }
 
 
 class ResNet(nn.Module):
     """Stem, stages, the final norm, global pooling (or the class token), linear head.
 
-    The final norm follows the last stage's family: BN-ReLU after pre-activation and dense
-    stages (`final_bn`), LayerNorm after pooling for ConvNeXt and on the tokens for a
+    The final norm follows the last stage's family: BN-ReLU after pre-activation, dense and
+    cell stages (`final_bn`), LayerNorm after pooling for ConvNeXt and on the tokens for a
     transformer (`final_norm`), none for post-activation ResNets.
 
     Parameter names are plain and stable (they go into safetensors files):
     `stem.conv.weight`, `stages.<i>.<j>.conv1.weight`, `stages.<i>.<j>.shortcut.conv.weight`,
     `stages.<i>.<j>.gate`, `stages.<i>.layers.<j>.conv1.weight` (dense),
     `stages.<i>.blocks.<j>.pw1.weight` (convnext), `stages.<i>.blocks.<j>.attn.qkv.weight`
-    (transformer), `final_bn.weight`, `fc.weight`, ...
+    (transformer), `stages.<i>.entry.conv_a.op.1.weight`, `stages.<i>.cells.<j>.layers.<k>.op.1
+    .weight` (cell: edge k in `CELL_EDGES` order), `final_bn.weight`, `fc.weight`, ...
     """
 
     def __init__(self, spec: ArchitectureSpec) -> None:
@@ -43,7 +46,10 @@ class ResNet(nn.Module):
         self.stem = (
             nn.Identity()
             if spec.stem == "none"
-            else Stem(spec.stem, spec.in_channels, spec.stem_width, spec.preact, spec.patch_size)
+            else Stem(
+                spec.stem, spec.in_channels, spec.stem_width, spec.stem_preact, spec.patch_size,
+                relu=spec.stem_relu,
+            )
         )
         self.stages = nn.Sequential(
             *(

@@ -47,7 +47,7 @@ def stage_costs(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
     h, w = _size(input_size)
     rows: list[dict[str, Any]] = []
     stem = Stem.cost(
-        spec.stem, spec.in_channels, spec.stem_width, spec.preact, h, w, spec.patch_size
+        spec.stem, spec.in_channels, spec.stem_width, spec.stem_preact, h, w, spec.patch_size
     )
     rows.append(_row(0, "stem", spec.in_channels, spec.stem_out, None, stem))
     h, w = stem.height, stem.width

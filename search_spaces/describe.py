@@ -33,7 +33,7 @@ def stage_table(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
             {
                 **row,
                 "block": _block_text(stage) if stage else None,
-                "skip": stage.skip if stage else None,
+                "skip": _skip_text(stage) if stage else None,
                 "width": stage.width if stage else None,
                 "stride": stage.stride if stage else None,
                 "params_share": row["params"] / total_params,
@@ -41,6 +41,11 @@ def stage_table(spec: ArchitectureSpec, input_size: tuple[int, int] | int) -> li
             }
         )
     return table
+
+
+def _skip_text(stage: Any) -> str:
+    # A cell's skip is `identity` only in name: its own skip_connect edges are its shortcuts.
+    return "cell edges" if stage.block == "cell" else stage.skip
 
 
 def _block_text(stage: Any) -> str:

@@ -15,13 +15,24 @@ A space file (packaged preset or user file) looks like::
     constraints: {max_params: 300000, max_flops: null}
     train: {optimizer: adamw, lr: 0.003}   # recipe defaults for this family (flags win)
 
+NAS-Bench-201's cell (`block: cell`) takes its ops from a top-level `cell` mapping, one choice
+per edge, labelled by the edge's name; one cell is sampled and every cell stage uses it::
+
+    cell:
+      "1<-0": [none, skip_connect, nor_conv_1x1, nor_conv_3x3, avg_pool_3x3]
+      "2<-0": nor_conv_3x3    # a fixed edge is no label
+      ...                     # every edge of `CELL_EDGES` is required
+    shared: {block: cell, depth: 5}
+
 Top-level choices: `stem`, `stem_width`, `preact`, `zero_init_residual`, `se_ratio`,
 `num_stages` (a prefix of `stages` is used), `patch_size`, `layer_scale`, `drop_path`,
-`pos_embed`, `pool`, `se_position`. Stage fields: those of `StageSpec`. Block-specific fields are asked only
-of stages whose sampled block reads them (`BLOCK_FIELDS`: `expansion` of bottleneck, dense,
-convnext and transformer blocks; `groups` and `width_per_group` of bottlenecks; `compression`
-of dense blocks; `heads` of transformers), so `block: [basic, dense, transformer]` mixes
-families in one space. Only choices with more than one value become Optuna parameters.
+`pos_embed`, `pool`, `se_position`, `cell`. Stage fields: those of `StageSpec` but `ops`.
+Block-specific fields are asked only of stages whose sampled block reads them (`BLOCK_FIELDS`:
+`expansion` of bottleneck, dense, convnext and transformer blocks; `groups` and
+`width_per_group` of bottlenecks; `compression` of dense blocks; `heads` of transformers), so
+`block: [basic, dense, transformer]` mixes families in one space; the cell's edges are asked (after the stages) only if some sampled
+stage is a cell, and a cell stage asks no skip (its edges are its shortcuts). Only choices
+with more than one value become Optuna parameters.
 
 A file is validated by the pydantic models of `search_spaces.space_schema` (its structure and
 what its fields allow), then by `search_spaces.space_checks` (what only the whole space shows:
@@ -50,7 +61,7 @@ from search_spaces.space_schema import (
     SpaceFile,
     format_errors,
 )
-from search_spaces.spec import BLOCK_FIELDS, ArchitectureSpec, StageSpec
+from search_spaces.spec import BLOCK_FIELDS, CELL_EDGES, ArchitectureSpec, StageSpec
 
 if TYPE_CHECKING:
     import optuna
@@ -78,6 +89,7 @@ class SearchSpace:
         constraints: dict[str, int | None],
         source: str,
         train: dict[str, Any] | None = None,
+        cell: dict[str, Choice] | None = None,
     ) -> None:
         self.name = name
         self.description = description
@@ -89,6 +101,7 @@ class SearchSpace:
         self._globals = globals_
         self._shared = shared
         self._stages = stages
+        self._cell = dict(cell or {})  # edge -> op choice, in `CELL_EDGES` order
 
     def __repr__(self) -> str:
         return f"SearchSpace(name={self.name!r}, source={self.source!r})"
@@ -123,6 +136,7 @@ class SearchSpace:
             constraints=file.limits(),
             source=source,
             train=file.train,
+            cell=file.cell_choices(),
         )
         # What no model sees: enumerate the samples (up to MAX_CHECKED_COMBINATIONS).
         check_samples(source, space._globals, space._shared, space._stages)
@@ -133,6 +147,8 @@ class SearchSpace:
         data: dict[str, Any] = {"name": self.name, "description": self.description}
         for key in GLOBAL_ORDER:
             data[key] = self._globals[key].to_data()
+        if self._cell:
+            data["cell"] = {k: c.to_data() for k, c in self._cell.items()}
         data["shared"] = {k: c.to_data() for k, c in self._shared.items()}
         data["stages"] = [{k: c.to_data() for k, c in stage.items()} for stage in self._stages]
         data["constraints"] = dict(self.constraints)
@@ -160,8 +176,10 @@ class SearchSpace:
             for key in STAGE_ORDER:
                 if key in CONDITIONAL_FIELDS:
                     continue
-                if key == "skip" and stage["block"] == "dense":
-                    stage[key] = "dense"  # a dense block always concatenates: nothing to ask
+                if key == "skip" and stage["block"] in ("dense", "cell"):
+                    # A dense block always concatenates, a cell's edges are its shortcuts:
+                    # nothing to ask.
+                    stage[key] = "dense" if stage["block"] == "dense" else "identity"
                     continue
                 stage[key] = (
                     shared[key]
@@ -169,7 +187,7 @@ class SearchSpace:
                     else value(f"stage{i + 1}.{key}", self._stages[i][key])
                 )
             for key in BLOCK_FIELDS[stage["block"]]:
-                if key not in self._shared:
+                if key not in self._shared and key != "ops":  # a cell's ops: below
                     stage[key] = value(f"stage{i + 1}.{key}", self._stages[i][key])
             stages.append(stage)
         # A shared block-specific field is asked once, if any sampled stage reads it.
@@ -179,6 +197,12 @@ class SearchSpace:
                 picked = value(key, self._shared[key])
                 for stage in readers:
                     stage[key] = picked
+        # One cell for every cell stage, as in NAS-Bench-201: its edges asked once.
+        cells = [s for s in stages if s["block"] == "cell"]
+        if cells:
+            ops = tuple(value(edge, self._cell[edge]) for edge in CELL_EDGES)
+            for stage in cells:
+                stage["ops"] = ops
         return glob, stages
 
     def suggest(
@@ -188,7 +212,8 @@ class SearchSpace:
 
         Does no real work: no model is built. Labels: the top-level fields by their name
         (`stem`, `stem_width`, `preact`, ..., `num_stages`), shared stage fields by their name
-        (`depth`, `skip`, ...), per-stage fields as `stage<i>.<field>` (1-based).
+        (`depth`, `skip`, ...), per-stage fields as `stage<i>.<field>` (1-based), the cell's
+        edges by their name (`1<-0`, ..., `3<-2`).
 
         Args:
             trial: an Optuna trial (or `optuna.trial.FixedTrial`).
@@ -233,6 +258,9 @@ class SearchSpace:
         def target(label: str) -> Any:
             if label in GLOBAL_ORDER:
                 return len(spec.stages) if label == "num_stages" else getattr(spec, label)
+            if label in CELL_EDGES:  # the first cell speaks for all (checked below)
+                cells = [s for s in spec.stages if s.block == "cell"]
+                return cells[0].ops[CELL_EDGES.index(label)] if cells else None
             if label.startswith("stage"):
                 index, key = label[len("stage") :].split(".", 1)
                 stage = spec.stages[int(index) - 1]

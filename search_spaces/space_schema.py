@@ -26,6 +26,8 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from search_spaces.spec import (
     BLOCK_FIELDS,
     BLOCK_TYPES,
+    CELL_EDGES,
+    CELL_OPS,
     POOL_TYPES,
     SE_POSITIONS,
     SKIP_TYPES,
@@ -250,6 +252,29 @@ def _whole(value: Any) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def _every_edge(edges: dict[str, Choice]) -> dict[str, Choice]:
+    """All 6 edges, none unknown; returned in `CELL_EDGES` order (the order they are asked)."""
+    errors = [
+        _error((edge,), None, f"{' | '.join(CELL_OPS)}, or a list of them (required: every "
+               f"edge of the cell, {', '.join(CELL_EDGES)})")
+        for edge in CELL_EDGES if edge not in edges
+    ] + [
+        _error((key,), edges[key].to_data(), f"an edge {' | '.join(CELL_EDGES)} (unknown key)")
+        for key in edges if key not in CELL_EDGES
+    ]
+    if errors:
+        raise _refuse(errors)
+    return {edge: edges[edge] for edge in CELL_EDGES}
+
+
+# `cell`: per edge of NAS-Bench-201's cell, the ops it may take (label: the edge's name).
+CELL = Annotated[
+    dict[Annotated[str, Strict()], choice_of(_one_of(CELL_OPS))] | None,
+    AfterValidator(lambda edges: None if edges is None else _every_edge(edges)),
+    Field(description=f"a mapping of the edges {', '.join(CELL_EDGES)} to their op choices"),
+]
+
+
 _LIMIT = Annotated[
     Annotated[int, Strict(), Field(ge=1)] | None,
     BeforeValidator(_whole),
@@ -296,6 +321,7 @@ class SpaceFile(BaseModel):
     pos_embed: choice_of(POS_EMBED) = None
     pool: choice_of(_one_of(POOL_TYPES)) = None
     se_position: choice_of(_one_of(SE_POSITIONS)) = None
+    cell: CELL = None  # the ops of every cell stage's cell, sampled once (NAS-Bench-201)
     shared: StageChoices | None = None  # sampled once, used by every stage
     stages: list[StageChoices] = Field(
         min_length=1, description="a non-empty list of stage mappings"
@@ -326,6 +352,10 @@ class SpaceFile(BaseModel):
         defaults = {**GLOBAL_DEFAULTS, "num_stages": len(self.stages)}
         return {key: getattr(self, key) or Choice((defaults[key],)) for key in GLOBAL_ORDER}
 
+    def cell_choices(self) -> dict[str, Choice]:
+        """Per edge of the cell (in `CELL_EDGES` order), its op choice; empty without cells."""
+        return dict(self.cell or {})
+
     def limits(self) -> dict[str, int | None]:
         return (self.constraints or Constraints()).model_dump()
 
@@ -334,7 +364,7 @@ class SpaceFile(BaseModel):
     def _fits_together(self) -> SpaceFile:
         errors = self._stage_field_errors()
         if not errors:  # the checks below read every stage's fields
-            errors = self._block_errors() + self._global_errors()
+            errors = self._block_errors() + self._global_errors() + self._cell_errors()
         if errors:
             raise _refuse(errors)
         return self
@@ -369,6 +399,26 @@ class SpaceFile(BaseModel):
                 if key in varied and not set(blocks) & set(readers):
                     message = "a choice only where the stage's `block` can be " + " or ".join(readers)
                     errors.append(_error(("stages", i, key), varied[key].to_data(), message))
+        return errors
+
+    def _cell_errors(self) -> list[InitErrorDetails]:
+        """`cell` given exactly where a stage can be a cell; a cell stage's skip: identity."""
+        shared, errors = self.shared_choices(), []
+        can_be_cell = False
+        for i, (stage, choices) in enumerate(zip(self.stages, self.stage_choices(), strict=True)):
+            blocks = (shared.get("block") or choices["block"]).values
+            can_be_cell = can_be_cell or "cell" in blocks
+            if "cell" in blocks and self.cell is None:
+                message = ("a cell only with a top-level `cell` mapping (the op choices of its "
+                           f"edges {', '.join(CELL_EDGES)})")
+                errors.append(_error(("stages", i, "block"), list(blocks), message))
+            skip = stage.given().get("skip")
+            if blocks == ("cell",) and skip is not None and skip.values != ("identity",):
+                message = "identity for a cell stage (its edges are its shortcuts), or no `skip`"
+                errors.append(_error(("stages", i, "skip"), skip.to_data(), message))
+        if self.cell is not None and not can_be_cell:
+            message = "no `cell` where no stage can be a cell (`block: cell`)"
+            errors.append(_error(("cell",), list(self.cell), message))
         return errors
 
     def _global_errors(self) -> list[InitErrorDetails]:
@@ -421,6 +471,8 @@ def _line(err: Any, source: str) -> str:
         allowed = err["ctx"]["allowed"]
     elif err["type"] in ("extra_forbidden", "invalid_key") and holder:
         allowed = f"known keys {', '.join(holder.model_fields)} (unknown key)"
+        if holder is StageChoices and loc[-1] == "ops":
+            allowed += "; a cell's ops are chosen per edge in the top-level `cell` mapping"
         loc = (*loc[:-1], str(loc[-1]))  # an unknown key is named as written, never `[1]`
     elif field is not None and field.description:
         allowed = field.description

@@ -14,7 +14,7 @@ STEM_TYPES = ("imagenet", "cifar", "regnet", "patch", "patch_ln", "none")
 # Stems that cut the image into patch_size x patch_size patches (ViT, ConvNeXt).
 PATCH_STEMS = ("patch", "patch_ln")
 SE_POSITIONS = ("branch", "inner")
-BLOCK_TYPES = ("basic", "bottleneck", "dense", "convnext", "transformer")
+BLOCK_TYPES = ("basic", "bottleneck", "dense", "convnext", "transformer", "cell")
 SKIP_TYPES = ("identity", "zero_pad", "projection", "gated", "dense", "none")
 POOL_TYPES = ("avg", "token")
 SPEC_VERSION = 1
@@ -38,9 +38,19 @@ BLOCK_FIELDS = {
     "dense": ("expansion", "compression"),
     "convnext": ("expansion",),
     "transformer": ("expansion", "heads"),
+    "cell": ("ops",),
 }
-# Weighted layers on a block's longest path (for `total_depth`).
+# Weighted layers on a block's longest path (for `total_depth`); a cell's depends on its ops
+# (`cell_layers`).
 BLOCK_LAYERS = {"basic": 2, "bottleneck": 3, "dense": 2, "convnext": 3, "transformer": 4}
+
+# NAS-Bench-201's cell (Dong & Yang 2020): a DAG of 4 nodes, node 0 its input, node i the sum
+# of op(node j) over its edges i<-j, node 3 its output. Its 6 edges in NAS-Bench-201's order
+# (the order of its arch strings and of a cell's `ops`), and the 5 ops an edge can be.
+CELL_EDGES = ("1<-0", "2<-0", "2<-1", "3<-0", "3<-1", "3<-2")
+CELL_OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")
+# Ops with a conv: the weighted layers of a cell's paths.
+CELL_CONV_OPS = ("nor_conv_1x1", "nor_conv_3x3")
 # Bounds that catch typos and runaway spaces; every published model is far inside them.
 MAX_DEPTH = 1000
 MAX_WIDTH = 65536
@@ -63,6 +73,66 @@ def _check_int(name: str, value: Any, minimum: int) -> None:
 def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise _fail(name, value, " | ".join(choices))
+
+
+def cell_arch_str(ops: tuple[str, ...] | list[str]) -> str:
+    """NAS-Bench-201's arch string of a cell's 6 ops (in `CELL_EDGES` order), e.g.
+    `|nor_conv_3x3~0|+|skip_connect~0|none~1|+|skip_connect~0|none~1|avg_pool_3x3~2|`."""
+    ops = _check_ops(ops)
+    nodes, k = [], 0
+    for node in (1, 2, 3):
+        nodes.append("|" + "|".join(f"{ops[k + j]}~{j}" for j in range(node)) + "|")
+        k += node
+    return "+".join(nodes)
+
+
+def parse_cell_arch_str(text: str) -> tuple[str, ...]:
+    """The 6 ops (in `CELL_EDGES` order) of a NAS-Bench-201 arch string; the inverse of
+    `cell_arch_str`. Raises ValueError naming what is wrong."""
+    allowed = "a NAS-Bench-201 arch string |op~0|+|op~0|op~1|+|op~0|op~1|op~2|"
+    if not isinstance(text, str):
+        raise _fail("ops", text, allowed)
+    nodes = text.split("+")
+    if len(nodes) != 3:
+        raise _fail("ops", text, f"{allowed} (3 nodes joined by +)")
+    ops = []
+    for node, part in enumerate(nodes, start=1):
+        inner = part[1:-1].split("|") if len(part) > 1 and part[0] == part[-1] == "|" else []
+        if len(inner) != node:
+            raise _fail("ops", text, f"{allowed} (node {node} has {node} edge(s))")
+        for j, edge in enumerate(inner):
+            op, _, source = edge.partition("~")
+            if source != str(j):
+                raise _fail("ops", text, f"{allowed} (edge {edge!r} of node {node} must read ~{j})")
+            ops.append(op)
+    return _check_ops(tuple(ops))
+
+
+def _check_ops(ops: Any) -> tuple[str, ...]:
+    """A cell's ops as a tuple: 6 of `CELL_OPS` (a list is accepted)."""
+    allowed = f"6 ops (edges {', '.join(CELL_EDGES)}), each {' | '.join(CELL_OPS)}"
+    if not isinstance(ops, (tuple, list)) or len(ops) != len(CELL_EDGES):
+        raise _fail("ops", ops, allowed)
+    for edge, op in zip(CELL_EDGES, ops, strict=True):
+        if op not in CELL_OPS:
+            raise _fail(f"ops[{edge}]", op, " | ".join(CELL_OPS))
+    return tuple(ops)
+
+
+def cell_layers(ops: tuple[str, ...]) -> int:
+    """Convs on the cell's longest path from input to output (0 where none reaches it).
+
+    `none` edges carry nothing, so they are no path; skip and pooling edges are paths
+    without a weighted layer.
+    """
+    best: list[int | None] = [0, None, None, None]
+    for edge, op in zip(CELL_EDGES, ops, strict=True):
+        node, source = int(edge[0]), int(edge[-1])
+        if op == "none" or best[source] is None:
+            continue
+        length = best[source] + (op in CELL_CONV_OPS)
+        best[node] = length if best[node] is None else max(best[node], length)
+    return best[3] or 0
 
 
 def _check_number(name: str, value: Any, low: float, high: float, allowed: str, *,
@@ -89,11 +159,15 @@ class StageSpec:
         stride: stride of the first block (1 or 2). A `dense` stage with stride 2 starts with
             a DenseNet transition; a `convnext` or `transformer` stage starts with a
             LayerNorm + 2x2/2 conv where the stride is 2 (LayerNorm + 1x1 conv where only
-            the width changes).
+            the width changes). A `cell` stage starts with NAS-Bench-201's reduction block
+            (a ResNet basic block: ReLU-conv-BN twice, 2x2 average pool + 1x1 conv shortcut)
+            where the stride is 2 or the width changes (stride 1: a ReLU-1x1 conv-BN
+            shortcut, as in its code).
         block: `basic` (two 3x3 convs), `bottleneck` (1x1, 3x3 grouped, 1x1), `dense`
             (DenseNet-BC layer: BN-ReLU-1x1, BN-ReLU-3x3, concatenated onto its input),
-            `convnext` (7x7 depthwise, LayerNorm, 1x1 up, GELU, 1x1 down) or `transformer`
-            (pre-norm multi-head self-attention and MLP over the map's positions).
+            `convnext` (7x7 depthwise, LayerNorm, 1x1 up, GELU, 1x1 down), `transformer`
+            (pre-norm multi-head self-attention and MLP over the map's positions) or `cell`
+            (NAS-Bench-201's cell: a 4-node DAG of `ops`; see `search_spaces.cell`).
         expansion: the block's multiplier: bottleneck output (4 in ResNet-50), dense
             `bn_size` (the 1x1 conv gives expansion x growth), convnext and transformer MLP
             ratio. Ignored by basic blocks.
@@ -101,9 +175,17 @@ class StageSpec:
         width_per_group: base width per group; inner width = int(width * wpg / 64) * groups.
         skip: how the block's input reaches its output (see `SKIP_TYPES`). A `dense` block
             always concatenates (its skip is set to `dense`); `convnext` and `transformer` take
-            identity, zero_pad (the same, their shape never changes), gated or none.
+            identity, zero_pad (the same, their shape never changes), gated or none. A `cell`
+            takes `identity` only, meaning "the cell's own edges": its `skip_connect` edges
+            are its shortcuts, so a skip around the cell would change NAS-Bench-201's network.
         heads: attention heads of a transformer block (a divisor of `width`).
         compression: a dense stage's transition keeps int(channels x compression) channels.
+        ops: a `cell`'s 6 ops, one per edge in `CELL_EDGES` order (`1<-0, 2<-0, 2<-1, 3<-0,
+            3<-1, 3<-2`), each one of `CELL_OPS`; a list or a NAS-Bench-201 arch string is
+            accepted and stored as a tuple. Every cell of the stage has these ops. Empty for
+            other blocks. Isomorphic cells (the same function drawn two ways) are not merged:
+            NAS-Bench-201 trained each of its 15,625 op tuples separately, so each keeps its
+            own `arch_id`.
     """
 
     depth: int
@@ -116,6 +198,7 @@ class StageSpec:
     skip: str = "identity"
     heads: int = 1
     compression: float = 0.5
+    ops: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_int("depth", self.depth, 1)
@@ -150,6 +233,16 @@ class StageSpec:
             )
         if self.block == "bottleneck" and self.inner_width < 1:
             raise _fail("width_per_group", self.width_per_group, "a value giving inner width >= 1")
+        if self.block == "cell":
+            ops = parse_cell_arch_str(self.ops) if isinstance(self.ops, str) else self.ops
+            object.__setattr__(self, "ops", _check_ops(ops))
+            if self.skip != "identity":
+                raise _fail("skip", self.skip, "identity for a cell block (its edges are its "
+                            "shortcuts)")
+        elif self.ops not in ((), []):
+            raise _fail("ops", self.ops, "none (empty) unless `block` is cell")
+        else:
+            object.__setattr__(self, "ops", ())
 
     @property
     def inner_width(self) -> int:
@@ -172,20 +265,33 @@ class StageSpec:
         return self.block == "dense" or (self.block in RESNET_BLOCKS and self.skip == "dense")
 
     def entry_channels(self, in_channels: int) -> int:
-        """Channels after the stage's entry layer (a dense transition or a token projection)."""
+        """Channels after the stage's entry layer (a dense transition, a token projection or
+        a cell stage's reduction block)."""
         if self.block == "dense":
             return int(in_channels * self.compression) if self.stride == 2 else in_channels
-        if self.block in TOKEN_BLOCKS:
+        if self.block in (*TOKEN_BLOCKS, "cell"):
             return self.width
         return in_channels
 
     def has_entry(self, in_channels: int) -> bool:
-        """Whether the stage starts with an entry layer (dense transition, LN + conv)."""
+        """Whether the stage starts with an entry layer (dense transition, LN + conv, a cell
+        stage's reduction block)."""
         if self.block == "dense":
             return self.stride == 2
-        if self.block in TOKEN_BLOCKS:
+        if self.block in (*TOKEN_BLOCKS, "cell"):
             return self.stride == 2 or in_channels != self.width
         return False
+
+    @property
+    def block_layers(self) -> int:
+        """Weighted layers on one block's longest path (a cell: convs on its longest path)."""
+        return cell_layers(self.ops) if self.block == "cell" else BLOCK_LAYERS[self.block]
+
+    def entry_layers(self, in_channels: int) -> int:
+        """Weighted layers on the entry layer's longest path (a reduction block has two)."""
+        if not self.has_entry(in_channels):
+            return 0
+        return 2 if self.block == "cell" else 1
 
     def out_channels(self, in_channels: int) -> int:
         """Channels leaving the stage, given the channels entering it."""
@@ -205,6 +311,11 @@ class StageSpec:
         for name in ("heads", "compression"):
             if data[name] == _STAGE_DEFAULTS[name]:
                 del data[name]
+        # Only cells have ops: the other families' stored specs read as before.
+        if self.block == "cell":
+            data["ops"] = list(self.ops)
+        else:
+            del data["ops"]
         return data
 
     @classmethod
@@ -222,7 +333,8 @@ class ArchitectureSpec:
 
     Args:
         stages: the stages, input to output.
-        stem: `imagenet` (7x7/2 conv + 3x3/2 max-pool), `cifar` (3x3/1 conv), `regnet`
+        stem: `imagenet` (7x7/2 conv + 3x3/2 max-pool), `cifar` (3x3/1 conv; conv-BN with
+            no ReLU before a cell stage, as NAS-Bench-201's: `stem_relu`), `regnet`
             (3x3/2 conv, no pool), `patch`
             (ViT's patch embedding: a `patch_size` x `patch_size` conv with that stride),
             `patch_ln` (the same + LayerNorm: ConvNeXt's patchify stem) or `none`.
@@ -346,10 +458,12 @@ class ArchitectureSpec:
     @property
     def total_depth(self) -> int:
         """Weighted layers on the longest path: stem conv + layers per block (+ each stage's
-        entry layer) + head. DenseNet-121 counts 121, ResNet-50 50."""
+        entry layer) + head. DenseNet-121 counts 121, ResNet-50 50. A cell counts the convs
+        on its longest path (`cell_layers`: 0 to 3), a reduction block 2; NAS-Bench-201's
+        network thus counts 1 + 4 + 15 x (0..3) + 1."""
         stem = 0 if self.stem == "none" else 1
         layers = sum(
-            s.depth * BLOCK_LAYERS[s.block] + int(s.has_entry(c))
+            s.depth * s.block_layers + s.entry_layers(c)
             for s, c in zip(self.stages, self.stage_in_channels(), strict=True)
         )
         return stem + layers + 1
@@ -379,16 +493,29 @@ class ArchitectureSpec:
         return any(s.block in RESNET_BLOCKS for s in self.stages)
 
     @property
+    def stem_relu(self) -> bool:
+        """Whether a conv stem ends with its ReLU. Not a `cifar` stem before a cell stage: that
+        is conv-BN (NAS-Bench-201's stem; every op of a cell starts with its own ReLU, and its
+        skip edges carry the stem's output as it is)."""
+        return not (self.stem == "cifar" and self.stages[0].block == "cell")
+
+    @property
+    def stem_preact(self) -> bool:
+        """`preact` as the stem sees it: a conv-BN stem before a cell ignores it."""
+        return self.preact and self.stem_relu
+
+    @property
     def preact_matters(self) -> bool:
-        """`preact` shapes basic/bottleneck blocks and the `cifar` stem, nothing else."""
-        return self.stem == "cifar" or self.uses_resnet_blocks
+        """`preact` shapes basic/bottleneck blocks and the `cifar` stem (unless a cell follows
+        it), nothing else."""
+        return (self.stem == "cifar" and self.stem_relu) or self.uses_resnet_blocks
 
     @property
     def final_norm(self) -> str | None:
-        """The norm before the head: `bn` (BN-ReLU: pre-activation and dense nets), `ln`
+        """The norm before the head: `bn` (BN-ReLU: pre-activation, dense and cell nets), `ln`
         (LayerNorm: convnext after pooling, transformer on the tokens) or None."""
         last = self.stages[-1].block
-        if last == "dense" or (last in RESNET_BLOCKS and self.preact):
+        if last in ("dense", "cell") or (last in RESNET_BLOCKS and self.preact):
             return "bn"
         return "ln" if last in TOKEN_BLOCKS else None
 
@@ -456,6 +583,8 @@ class ArchitectureSpec:
           `drop_path` only with convnext/transformer blocks that add; `pos_embed` only with
           a transformer stage; `patch_size` only with a patch stem. Fields of the newer
           families are written only where they apply, so ResNet-family ids never change.
+        - A cell keeps its 6 ops as they are: isomorphic cells are not merged (NAS-Bench-201
+          measured each op tuple), and `zero_init_residual` shapes no cell stage.
         - `name` is a label, not part of the network.
         """
         stages = []
@@ -474,13 +603,15 @@ class ArchitectureSpec:
                 entry["groups"] = stage.groups
                 # Only the resulting inner width matters, not how it was written.
                 entry["inner_width"] = stage.inner_width
+            elif stage.block == "cell":
+                entry["ops"] = list(stage.ops)
             elif stage.block != "basic":
                 entry.update({k: getattr(stage, k) for k in BLOCK_FIELDS[stage.block]})
                 if stage.block == "dense" and not stage.has_entry(channels):
                     del entry["compression"]  # no transition to compress
             if stage.skip == "zero_pad" and not stage.changes_shape(channels):
                 entry["skip"] = "identity"
-            if entry["skip"] in ZERO_INIT_SKIPS:
+            if entry["skip"] in ZERO_INIT_SKIPS and stage.block != "cell":
                 any_additive = True
             if entry["skip"] in ADDITIVE_SKIPS:
                 modern_additive = modern_additive or stage.block in TOKEN_BLOCKS
@@ -521,16 +652,25 @@ class ArchitectureSpec:
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def summary(self) -> str:
-        """One line, e.g. `cifar16 | 3x16 basic identity | 3x32/2 basic identity`."""
+        """One line, e.g. `cifar16 | 3x16 basic identity | 3x32/2 basic identity`; a cell stage
+        shows its arch string and no skip (its edges are its skips):
+        `5x32/2 cell(|nor_conv_3x3~0|+|...|)`, written once at the end when every cell stage
+        has the same cell (NAS-Bench-201): `... | 5x64/2 cell | cell |nor_conv_3x3~0|+|...|`."""
         parts = [f"{self.stem}{'' if self.stem == 'none' else self.stem_width}"]
+        cells = {s.ops for s in self.stages if s.block == "cell"}
         for s in self.stages:
             stride = f"/{s.stride}" if s.stride != 1 else ""
-            parts.append(f"{s.depth}x{s.width}{stride} {block_label(s)} {s.skip}")
+            skip = "" if s.block == "cell" else f" {s.skip}"
+            label = "cell" if s.block == "cell" and len(cells) == 1 else block_label(s)
+            parts.append(f"{s.depth}x{s.width}{stride} {label}{skip}")
+        if len(cells) == 1:
+            parts.append(f"cell {cell_arch_str(next(iter(cells)))}")
         return " | ".join(parts)
 
 
 def block_label(stage: StageSpec) -> str:
-    """`basic`, `bottleneck(x4,g32)`, `dense(x4,c0.5)`, `convnext(x4)`, `transformer(h12,x4)`."""
+    """`basic`, `bottleneck(x4,g32)`, `dense(x4,c0.5)`, `convnext(x4)`, `transformer(h12,x4)`,
+    `cell(|nor_conv_3x3~0|+|...|)` (NAS-Bench-201's arch string of the cell)."""
     if stage.block == "bottleneck":
         return f"bottleneck(x{stage.expansion},g{stage.groups})"
     if stage.block == "dense":
@@ -539,6 +679,8 @@ def block_label(stage: StageSpec) -> str:
         return f"convnext(x{stage.expansion})"
     if stage.block == "transformer":
         return f"transformer(h{stage.heads},x{stage.expansion})"
+    if stage.block == "cell":
+        return f"cell({cell_arch_str(stage.ops)})"
     return stage.block
 
 

@@ -54,6 +54,18 @@ SMALL = {
         ),
         stem_width=8, layer_scale=0.1, drop_path=0.2, pos_embed=2, num_classes=5,
     ),
+    # NAS-Bench-201's cell: every op, a reduction block, and its conv-BN stem.
+    "cell": ArchitectureSpec(
+        stages=(
+            StageSpec(depth=1, width=8, block="cell", ops=(
+                "nor_conv_3x3", "skip_connect", "avg_pool_3x3", "nor_conv_1x1", "none",
+                "nor_conv_3x3")),
+            StageSpec(depth=2, width=16, stride=2, block="cell", ops=(
+                "nor_conv_3x3", "skip_connect", "avg_pool_3x3", "nor_conv_1x1", "none",
+                "nor_conv_3x3")),
+        ),
+        stem_width=8, num_classes=5,
+    ),
 }
 
 

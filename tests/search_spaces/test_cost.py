@@ -23,6 +23,7 @@ PRESETS = {
     "densenet": (1, 8),
     "convnext": (1, 8),
     "hybrid": (1, 8),
+    "nasbench201": (3, 16),  # ImageNet16-120's size: a quarter of CIFAR's arithmetic
     # ImageNet-size presets are priced on the meta device (shapes only) at 64x64.
     "densenet-imagenet": (3, 64),
     "convnext-imagenet": (3, 64),

@@ -17,6 +17,7 @@ PRESETS = [
     "densenet",
     "densenet-imagenet",
     "hybrid",
+    "nasbench201",
     "resnet",
     "resnet-cifar",
     "resnext",
@@ -282,7 +283,7 @@ REFUSED = {
     "range-for-a-name": (
         "stages:\n  - {depth: 1, width: 8, block: {low: 1, high: 2}}\n",
         "`stages[0].block` got {'low': 1, 'high': 2}; allowed: "
-        "basic | bottleneck | dense | convnext | transformer, or a list of them",
+        "basic | bottleneck | dense | convnext | transformer | cell, or a list of them",
     ),
     "float-in-range": (
         "stages:\n  - {depth: {low: 1, high: 4.5}, width: 8}\n",
