@@ -415,6 +415,17 @@ class Store:
             )
             return None if spec is None else dict(spec)
 
+    def input_size(self, arch_id: str) -> tuple[int, int] | None:
+        """The (height, width) `arch_id`'s costs were counted at."""
+        with self._session(f"reading architecture {arch_id}") as session:
+            size = session.scalar(
+                sa.select(ArchitectureModel.input_size).where(ArchitectureModel.arch_id == arch_id)
+            )
+        if not size:
+            return None
+        height, width = str(size).split("x")
+        return int(height), int(width)
+
     def recipe(self, recipe_id: str) -> dict | None:
         """The recipe dict of `recipe_id`."""
         with self._session(f"reading recipe {recipe_id}") as session:

@@ -52,7 +52,8 @@ def search(
     epochs: Annotated[int | None, typer.Option(help="Training epochs per trial (the fidelity).")] = None,
     ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (HOST:PORT, or auto: the one `nas pool up` started here) instead of starting a Ray of its own.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the sampler, for reproducible proposals.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | random | gp | nsga2 | qmc | grid.  [default: tpe]")] = None,
+    sampler: Annotated[str | None, typer.Option(help="tpe | random | gp | nsga2 | qmc | grid | evolution.  [default: tpe]")] = None,
+    sampler_options: Annotated[str | None, typer.Option(help="Sampler options as key=value,...  evolution: population, sample_size, mutation (one | per_param); tpe: n_startup_trials.  [default: population=20,sample_size=5,mutation=one; n_startup_trials=8]")] = None,
     pruner: Annotated[str | None, typer.Option(help="asha | hyperband | median | none.  [default: asha when epochs > 1]")] = None,
     objectives: Annotated[str | None, typer.Option(help="accuracy, or accuracy plus costs: accuracy,params | accuracy,flops | accuracy,latency.")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop proposing after this many seconds.")] = None,
@@ -67,6 +68,7 @@ def search(
     data_dir: Annotated[str | None, typer.Option(help="Where datasets live.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    replay: Annotated[str | None, typer.Option(help="Answer trials from a table of known results instead of training (simulated time, no Ray): nasbench201:cifar10 | nasbench201:cifar100 | nasbench201:imagenet16-120 | a curve table file (.json.gz) | study:NAME. The space defaults to the table's.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
     json_lines: Annotated[bool, typer.Option("--json", help="One JSON line per finished trial, then a JSON summary.")] = False,
 ) -> None:
@@ -77,12 +79,21 @@ def search(
     flags = {
         "study": study, "storage": storage, "space": space, "trials": trials, "workers": workers,
         "ray_address": ray_address, "seed": seed, "sampler": sampler, "pruner": pruner,
+        "sampler_options": sampler_options,
         "objectives": objectives, "timeout": timeout, "max_compute_hours": max_compute_hours,
         "max_params": max_params, "max_flops": max_flops, "max_retries": max_retries,
         "enqueue": enqueue, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
         "train": {"epochs": epochs, "dataset": dataset, "data_dir": data_dir,
                   "batch_size": batch_size, "lr": lr},
     }
+    flags["replay"] = replay
+    if (replay or file_values.get("replay")) and not (space or file_values.get("space")):
+        from nas.config import SearchConfig
+        from nas.tables import table_space
+
+        flags["space"] = table_space(replay or file_values["replay"], storage=storage
+                                     or file_values.get("storage")
+                                     or SearchConfig.model_fields["storage"].default)
     source = str(config_file) if config_file else "flags"
     config = build_config(file_values, flags, source)
     quiet_optuna()

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from nas.errors import UserError, mask_url
+from nas.samplers import parse_options, sampler_options
 
-SAMPLERS = ("tpe", "random", "gp", "nsga2", "qmc", "grid")
+SAMPLERS = ("tpe", "random", "gp", "nsga2", "qmc", "grid", "evolution")
 PRUNERS = ("asha", "hyperband", "median", "none")
 OBJECTIVES = ("accuracy", "params", "flops", "latency")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
@@ -32,6 +33,8 @@ class SearchConfig(BaseModel):
     ray_address: str | None = None
     seed: int | None = None
     sampler: str = "tpe"
+    # e.g. {"population": 50, "sample_size": 10}; a "key=value,..." string is parsed
+    sampler_options: dict[str, Any] = Field(default_factory=dict)
     pruner: str | None = None  # default: asha when epochs > 1, else none
     objectives: tuple[str, ...] = ("accuracy",)
     timeout: float | None = Field(None, description="wall-clock seconds for this invocation")
@@ -41,6 +44,7 @@ class SearchConfig(BaseModel):
     max_retries: int = 2
     enqueue: tuple[str, ...] = ()
     heartbeat_s: float = 10.0
+    replay: str | None = Field(None, description="answer trials from this table (nas.tables)")
     train: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("study")
@@ -87,6 +91,23 @@ class SearchConfig(BaseModel):
         if v not in SAMPLERS:
             raise ValueError(f"allowed: {' | '.join(SAMPLERS)}")
         return v
+
+    @field_validator("sampler_options", mode="before")
+    @classmethod
+    def _sampler_options(cls, v: Any, info: ValidationInfo) -> Any:
+        if v is None:
+            return {}
+        if isinstance(v, str):
+            v = parse_options(v)
+        if not isinstance(v, dict):
+            raise ValueError("expected a mapping of option names to values")
+        bad = [k for k, x in v.items() if not isinstance(k, str)
+               or isinstance(x, bool) or not isinstance(x, (int, float, str))]
+        if bad:
+            raise ValueError(f"values must be numbers or strings; not those of {bad}")
+        if "sampler" in info.data:  # else the sampler's own error says enough
+            sampler_options(info.data["sampler"], v)
+        return dict(v)
 
     @field_validator("pruner")
     @classmethod

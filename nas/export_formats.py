@@ -7,6 +7,7 @@ import importlib.util
 import json
 import logging
 import math
+import pickletools
 import sys
 import types
 import uuid
@@ -181,13 +182,28 @@ def export_program(model, batch):
     return program
 
 
+def _is_pickle_bytes(data: bytes) -> bool:
+    """Whether `data` parses as one whole pickle (opcodes read only: nothing built or run).
+
+    A first byte of 0x80 alone is not enough: raw tensor data starts with it one time in 256.
+    """
+    if len(data) < 2 or data[0] != 0x80 or data[1] not in range(2, 6):
+        return False
+    try:
+        *_, (op, _, pos) = pickletools.genops(data)
+    except Exception:  # noqa: BLE001 - anything that is not a pickle
+        return False
+    return op.name == "STOP" and pos == len(data) - 1
+
+
 def pickle_members(path: str | Path) -> list[str]:
     """Members of a zip archive (torch.export's .pt2) that are pickles or torch.save archives."""
     found = []
     with zipfile.ZipFile(path) as archive:
         for info in archive.infolist():
-            head = archive.read(info.filename)[:4] if info.file_size else b""
-            if info.filename.endswith((".pkl", ".pickle")) or head[:1] == b"\x80" or head == b"PK\x03\x04":
+            data = archive.read(info.filename) if info.file_size else b""
+            if (info.filename.endswith((".pkl", ".pickle")) or data[:4] == b"PK\x03\x04"
+                    or _is_pickle_bytes(data)):
                 found.append(info.filename)
     return found
 
@@ -195,11 +211,10 @@ def pickle_members(path: str | Path) -> list[str]:
 def is_pickle(path: str | Path) -> bool:
     """True for a pickle file, a torch.save zip (which holds data.pkl) or a zip with pickles."""
     path = Path(path)
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-    if head[:1] == b"\x80":
+    data = path.read_bytes()
+    if _is_pickle_bytes(data):
         return True
-    if head == b"PK\x03\x04":
+    if data[:4] == b"PK\x03\x04":
         return bool(pickle_members(path))
     return False
 

@@ -23,6 +23,7 @@ from nas.errors import UserError
 from nas.events import Progress, SearchSummary, TrialEvent
 from nas.executors.base import Epoch, Executor, Job, Lost, Result
 from nas.executors.choose import ray_executor
+from nas.executors.replay import ReplayExecutor, replay_data, replay_recipe
 from nas.loop import drive, stop_signals
 from nas.proposer import Proposal, Proposer, resolve_architecture
 from nas.pruning import PruningRule
@@ -37,8 +38,10 @@ from nas.study import (
     open_storage,
     open_study,
 )
+from nas.tables import Table, open_table
 from search_spaces import SearchSpace, load_space
 from workers import TrainConfig, dataset_info
+from workers.data import DatasetInfo
 
 __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
 
@@ -63,26 +66,46 @@ def _impossible(space: str, limits: dict[str, int | None]) -> str:
     )
 
 
+def _replay_table(config: SearchConfig, space: SearchSpace) -> Table:
+    table = open_table(config.replay, storage=config.storage)
+    if table.space != space.name:
+        raise UserError(f"--replay {config.replay} holds architectures of space "
+                        f"`{table.space}`, not `{space.name}`: search it with "
+                        f"--space {table.space_source or table.space}")
+    return table
+
+
+def _recipe_and_data(config: SearchConfig, space: SearchSpace,
+                     table: Table | None) -> tuple[TrainConfig, DatasetInfo]:
+    try:
+        # The space's recipe defaults (e.g. AdamW for ConvNeXt), then the user's settings.
+        train = {**space.train, **config.train}
+        if table is not None:
+            train = replay_recipe(table, config.train)
+        recipe = TrainConfig.from_dict(train)
+    except ValueError as exc:
+        where = f" (with `train` of space {space.source})" if space.train else ""
+        raise UserError(f"training recipe{where}: {exc}") from None
+    try:
+        data = dataset_info(recipe) if table is None else replay_data(table, recipe.dataset)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    return recipe, data
+
+
 class Search:
     """One invocation of `nas search`: set-up, then the `Work` the loop runs."""
 
     def __init__(self, config: SearchConfig, *, progress: Progress | None = None,
-                 executor: Executor | None = None) -> None:
+                 executor: Executor | None = None,
+                 optuna_storage: optuna.storages.BaseStorage | None = None) -> None:
         self.config = config
         self.progress = progress or Progress()
         self.executor = executor  # given: tests (LocalExecutor); else chosen in `run`
         # 1. everything a user can get wrong is checked before Ray starts.
         self.space = _load_space(config.space)
-        try:
-            # The space's recipe defaults (e.g. AdamW for ConvNeXt), then the user's settings.
-            self.recipe = TrainConfig.from_dict({**self.space.train, **config.train})
-        except ValueError as exc:
-            where = f" (with `train` of space {self.space.source})" if self.space.train else ""
-            raise UserError(f"training recipe{where}: {exc}") from None
-        try:
-            self.data = dataset_info(self.recipe)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        self.table = None if config.replay is None else _replay_table(config, self.space)
+        self.recipe, self.data = _recipe_and_data(config, self.space, self.table)
         self.input_size = tuple(self.data.input_size)
         self.epochs = self.recipe.epochs
         self.limits = {
@@ -94,15 +117,18 @@ class Search:
         self.pruning = PruningRule(config.effective_pruner(self.epochs), epochs=self.epochs,
                                    multi_objective=config.multi_objective)
         # 2. the store, then Optuna's tables beside ours in the same database.
-        storage = open_storage(config.storage)
+        # Given: benchmarks that replay thousands of searches keep Optuna's side in memory.
+        storage = optuna_storage or open_storage(config.storage)
         try:
             self.store = Store(config.storage)
         except StoreError as exc:
             raise UserError(str(exc)) from None
         self.study = open_study(
             config.study, storage, objectives=config.objectives,
-            sampler=lambda offset: make_sampler(config.sampler, grid=self.space.grid(),
-                                                seed=None if config.seed is None else config.seed + offset),
+            sampler=lambda offset: make_sampler(
+                config.sampler, grid=self.space.grid(), options=config.sampler_options,
+                seed=None if config.seed is None else config.seed + offset,
+                multi_objective=config.multi_objective),
             pruner=self.pruning.study_pruner(),
             identity={"space": self.space.name, "recipe_id": self.recipe.recipe_id,
                       "objectives": list(config.objectives), "dataset": self.recipe.dataset,
@@ -164,6 +190,9 @@ class Search:
                 self.proposer.enqueue(self.enqueue_specs)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
+            if executor is None and self.table is not None:
+                executor = self.executor = ReplayExecutor(
+                    self.table, seed=cfg.seed or 0, capacity=cfg.workers or 1)
             if executor is None:
                 executor, ray_started, self.runners_note = ray_executor(
                     address=cfg.ray_address, workers=cfg.workers,

@@ -58,7 +58,9 @@ class TrainConfig:
 
     Args:
         dataset: `digits` (sklearn, bundled) | `npz:PATH` | `cifar10` | `cifar100` | `mnist`
-            | `fashion_mnist` | `svhn` (the last five read via torchvision from `data_dir`).
+            | `fashion_mnist` | `svhn` (the last five read via torchvision from `data_dir`)
+            | `replay:TABLE` (answered from a table of known results, never loaded: the
+            recipe of a search that replays, `nas search --replay`).
         data_dir: where the torchvision datasets live (standard layout); `~` is expanded.
         val_fraction: share of the training set held out for validation (ignored when an
             npz file brings its own `x_val`/`y_val`). The split has its own fixed seed, so
@@ -107,9 +109,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         ds = self.dataset
         if not isinstance(ds, str) or not (
-            ds in DATASETS or (ds.startswith("npz:") and len(ds) > len("npz:"))
+            ds in DATASETS
+            or (ds.startswith(("npz:", "replay:")) and ds.split(":", 1)[1])
         ):
-            raise _fail("dataset", ds, " | ".join(DATASETS) + " | npz:PATH")
+            raise _fail("dataset", ds, " | ".join(DATASETS) + " | npz:PATH | replay:TABLE")
         if not isinstance(self.data_dir, str) or not self.data_dir:
             raise _fail("data_dir", self.data_dir, "a non-empty path")
         vf = _as_float("val_fraction", self.val_fraction, "a number in (0, 1)")

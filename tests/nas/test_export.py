@@ -211,3 +211,21 @@ def test_cli_export_prints_parity_per_format_and_a_one_line_retrain_error(search
     assert bad.returncode == 2
     assert "nas retrain" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_the_pickle_check_tells_raw_tensor_bytes_starting_with_0x80_from_a_pickle(tmp_path):
+    import pickle
+    import struct
+
+    raw = b"\x80" + struct.pack("<255f", *range(255))[1:]  # tensor data that happens to start so
+    with zipfile.ZipFile(tmp_path / "a.pt2", "w") as archive:
+        archive.writestr("data/weights/weight_0", raw)
+        archive.writestr("models/model.json", "{}")
+    assert pickle_members(tmp_path / "a.pt2") == []
+    (tmp_path / "raw.bin").write_bytes(raw)
+    assert not is_pickle(tmp_path / "raw.bin")
+    with zipfile.ZipFile(tmp_path / "b.pt2", "w") as archive:
+        archive.writestr("data/weights/weight_0", pickle.dumps({"x": 1}))
+    assert pickle_members(tmp_path / "b.pt2") == ["data/weights/weight_0"]
+    (tmp_path / "p.bin").write_bytes(pickle.dumps([1, 2], protocol=2))
+    assert is_pickle(tmp_path / "p.bin")
