@@ -44,19 +44,15 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
     """(benchmark, figure, goal, met) rows from whatever results exist."""
     rows = []
     if d := _load("search_efficiency"):
-        s, g = d["summary"], d["goals"]
-        for m in ("resnas", "random", "ray_tune"):
-            if m in s:
-                rows.append((f"search efficiency ({d['mode']}, {d['seeds']} seed(s), "
-                             f"{d['budget_s']:.0f} s budget)", f"{m}: final best median "
-                             f"{_f(s[m]['final_best_median'], '{:.4f}')} [{_f(s[m]['final_best_min'], '{:.4f}')}"
-                             f"-{_f(s[m]['final_best_max'], '{:.4f}')}], compute to reach random's best "
-                             f"= {_f(s[m].get('fraction_of_random_compute_median'))} x random's", "", ""))
-        rows.append(("search efficiency", "resnas reaches random's final best",
-                     "<= 1/3 of random's compute",
-                     _goal(g.get("resnas_reaches_random_best_with_le_1/3_compute"))))
-        rows.append(("search efficiency", "resnas final best vs Ray Tune", ">= Ray Tune",
-                     _goal(g.get("resnas_ends_ge_ray_tune"))))
+        for name, t in d["tables"].items():
+            where = f"search efficiency, {name} ({d['mode']}, {d['repeats']} repeats)"
+            k = 100 if d["evaluations"] >= 100 else d["evaluations"]
+            for m, v in t["methods"].items():
+                rows.append((where, f"{m}: {_f(v.get(f'mean@{k}'), '{:.3f}')} +- "
+                             f"{_f(v.get(f'std@{k}'), '{:.3f}')} after {k} evaluations "
+                             f"(optimum {t['optimum']:.3f})", "", ""))
+            for goal, met in t["goals"].items():
+                rows.append((where, goal.replace("_", " "), "", _goal(met)))
     if d := _load("duplicates"):
         n = d["trials"]
         rows.append((f"duplicates ({n} proposals)", f"raw Optuna TPE repeats {d['raw_optuna']['repeats']} "
@@ -152,7 +148,7 @@ def write_readme(command: str) -> None:
         "|---|---|---|---|",
     ]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in summary_rows()]
-    lines += ["", "Figure: `results/search_efficiency.png`.", END]
+    lines += ["", "Figures: `results/search_efficiency_*.png` (one per table).", END]
     block = "\n".join(lines)
     text = README.read_text() if README.is_file() else "# Benchmarks\n"
     if START in text and END in text:

@@ -177,6 +177,11 @@ def weights_for(store: Store, run: RunRecord) -> tuple[bytes | None, int | None]
 
 def retrain_hint(study: str, run: RunRecord, storage: str | None = None) -> str:
     """One line: why `run` has no weights to export, and the `nas retrain` command that gets them."""
+    where = f" --storage {storage}" if storage else ""
+    if (run.dataset or "").startswith("replay:"):
+        return (f"trial {run.trial_number} of `{study}` was answered from the table "
+                f"`{run.dataset.split(':', 1)[1]}` (`--replay`) and never trained, so it has no "
+                f"weights to export; `nas trials {study}{where}` lists its architectures")
     if run.state != "complete":
         at = f" after {run.fidelity} epoch(s)" if run.state == "failed" and run.fidelity else ""
         why = f"was {run.state}{at}{' (' + run.reason + ')' if run.reason else ''}, so no fully trained weights were kept"
@@ -184,7 +189,6 @@ def retrain_hint(study: str, run: RunRecord, storage: str | None = None) -> str:
         why = f"was answered from run {run.cached_from}, whose weights were not kept"
     else:
         why = "completed, but its weights were not kept"
-    where = f" --storage {storage}" if storage else ""
     return (
         f"trial {run.trial_number} of `{study}` {why}; get them with "
         f"`nas retrain {study} --trial {run.trial_number}{where}`, then `nas export {study}.retrain{where}`"

@@ -83,14 +83,18 @@ def test_overhead_and_scaling_smoke(results):
 def test_search_efficiency_smoke_and_summary(results, tmp_path, monkeypatch):
     from bench import run, search_efficiency
 
-    search_efficiency.main(["--smoke"])
+    search_efficiency.main(["--smoke", "--tables", "nasbench201:cifar10,digits"])
     d = _load(results, "search_efficiency")
-    assert set(d["summary"]) == {"resnas", "random", "ray_tune"}
-    for runs in d["runs"].values():
-        assert len(runs) == 1 and runs[0]["trials"] >= 1 and runs[0]["compute_s"] >= 0
-        assert runs[0]["final_best"] is None or 0 <= runs[0]["final_best"] <= 1
-    assert d["runs"]["resnas"][0]["trained_twice"] == 0
-    assert (results / "search_efficiency.png").stat().st_size > 0
+    assert set(d["tables"]) == {"nasbench201:cifar10", "digits"}
+    nb, digits = d["tables"]["nasbench201:cifar10"], d["tables"]["digits"]
+    assert nb["optimum"] == pytest.approx(91.61, abs=0.01)
+    assert set(nb["methods"]) == {"resnas", "random", "evolution", "optuna_tpe"}
+    assert set(digits["methods"]) == {"resnas", "random", "evolution", "optuna_tpe", "ray_tune"}
+    for table in (nb, digits):
+        for v in table["methods"].values():
+            assert v["repeats"] >= 1 and v["mean@25"] <= table["optimum"] + 1e-9
+            assert v["found@25"] >= v["mean@25"] - 1e-9  # the oracle pick is no worse
+    assert "paper" in nb and (results / nb["figure"]).stat().st_size > 0
     readme = tmp_path / "README.md"
     readme.write_text("# Benchmarks\n\n## Training throughput\n\nkept\n")
     monkeypatch.setattr(run, "README", readme)

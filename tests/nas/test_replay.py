@@ -150,12 +150,16 @@ def test_replay_executor_reports_the_tables_epochs_on_simulated_time(toy):
     assert failed.result["reason"].startswith("not_in_table")
 
 
-def test_a_replayed_search_prunes_on_the_tables_curves_and_counts_simulated_compute(toy, sqlite_url):
-    import ray
+def test_a_replayed_search_prunes_on_the_tables_curves_and_counts_simulated_compute(
+        toy, sqlite_url, monkeypatch):
+    from nas import search
 
+    def no_ray(**_kw):
+        raise AssertionError("a replayed search started or joined Ray")
+
+    monkeypatch.setattr(search, "ray_executor", no_ray)
     table_file, space = toy
     summary = run_search(_config(sqlite_url, table_file, space, trials=30, workers=2))
-    assert not ray.is_initialized()
     c = summary.counts
     assert c["complete"] >= 1 and c["pruned"] >= 1 and c["cached"] >= 1  # 16 archs, 30 trials
     runs = Store(sqlite_url).runs("replay")
@@ -242,3 +246,23 @@ def test_resnas_builds_nasbench201s_networks_to_the_parameter():
             with torch.device("meta"):
                 built = sum(p.numel() for p in build_model(spec).parameters())
             assert built == complexity(spec, (side, side)).params == table.rows[key].params, key
+
+
+def test_exporting_a_replayed_trial_says_it_was_never_trained(toy, sqlite_url, tmp_path):
+    from nas.export import export
+
+    table_file, space = toy
+    run_search(_config(sqlite_url, table_file, space, trials=3, pruner="none"))
+    with pytest.raises(UserError, match="never trained"):
+        export(Store(sqlite_url), "replay", tmp_path / "out")
+
+
+@pytest.mark.parametrize("kw", [{"pruner": "hyperband"},
+                                {"objectives": "accuracy,params", "sampler": "nsga2"}])
+def test_hyperband_and_the_multi_objective_pruner_decide_on_replayed_curves(toy, sqlite_url, kw):
+    table_file, space = toy
+    summary = run_search(_config(sqlite_url, table_file, space, trials=24, **kw))
+    assert summary.counts["pruned"] >= 1 and summary.counts["complete"] >= 1
+    for r in Store(sqlite_url).runs("replay"):
+        if r.state == "pruned":
+            assert 1 <= len(Store(sqlite_url).epochs(r.id)) < EPOCHS

@@ -214,7 +214,12 @@ def test_isomorphic_cells_keep_their_own_ids():
 
 def test_summary_depth_and_norms_of_a_cell_network():
     spec = nb201_spec("421211", 10)
-    assert spec.summary().startswith(f"cifar16 | 5x16 cell({EXAMPLE_STR}) | 5x32/2 cell(")
+    # one cell shared by every cell stage is written once, at the end
+    assert spec.summary() == f"cifar16 | 5x16 cell | 5x32/2 cell | 5x64/2 cell | cell {EXAMPLE_STR}"
+    mixed = ArchitectureSpec(stages=(StageSpec(depth=1, width=8, block="cell", ops=("none",) * 6),
+                                     StageSpec(depth=1, width=8, block="cell",
+                                               ops=("skip_connect",) * 6)))
+    assert mixed.summary().count("cell(|") == 2  # different cells: each on its stage
     # stem + 2 convs per reduction block + the convs of each cell's longest path + head
     assert spec.total_depth == 1 + 2 * 2 + 15 * 1 + 1
     assert nb201_spec("333333", 10).total_depth == 1 + 4 + 15 * 3 + 1
