@@ -79,9 +79,8 @@ def _recipe_and_data(config: SearchConfig, space: SearchSpace,
                      table: Table | None) -> tuple[TrainConfig, DatasetInfo]:
     try:
         # The space's recipe defaults (e.g. AdamW for ConvNeXt), then the user's settings.
-        train = {**space.train, **config.train}
-        if table is not None:
-            train = replay_recipe(table, config.train)
+        train = ({**space.train, **config.train} if table is None
+                 else replay_recipe(table, config.train))
         recipe = TrainConfig.from_dict(train)
     except ValueError as exc:
         where = f" (with `train` of space {space.source})" if space.train else ""

@@ -146,10 +146,6 @@ def nasbench201(dataset: str) -> Table:
 
 
 # -- curve tables -----------------------------------------------------------------------------
-def _round(values: list[float | None], digits: int) -> list[float | None]:
-    return [None if v is None else round(v, digits) for v in values]
-
-
 def curves_from_store(storage: str, studies: list[str]) -> dict[str, Any]:
     """The complete, trained (not cached) runs of `studies` as a curve table's JSON data.
 
@@ -158,7 +154,11 @@ def curves_from_store(storage: str, studies: list[str]) -> dict[str, Any]:
     """
     from db import Store
 
-    store = Store(storage)
+    with Store(storage) as store:
+        return _curves_data(store, studies)
+
+
+def _curves_data(store: Any, studies: list[str]) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     recipes: dict[str, dict[str, Any]] = {}
     shape: dict[str, Any] = {}
@@ -186,7 +186,7 @@ def curves_from_store(storage: str, studies: list[str]) -> dict[str, Any]:
                                            "params": run.params, "flops": run.flops,
                                            "seeds": [], "val_accuracy": [], "epoch_s": []}
             row["seeds"].append(recipes[run.recipe_id].get("seed"))
-            row["val_accuracy"].append(_round(accs, 5))
+            row["val_accuracy"].append([round(a, 5) for a in accs])
             seconds = [e.seconds for e in curve if e.seconds is not None]
             per_epoch = (sum(seconds) / len(seconds)) if seconds else (run.duration_s or 0.0) / len(curve)
             row["epoch_s"].append(round(per_epoch, 4))
@@ -289,6 +289,7 @@ def table_space(ref: str, *, storage: str | None = None) -> str:
     if ref.startswith("study:") and storage is not None:
         from db import Store
 
-        return store_space(Store(storage), ref.split(":", 1)[1].split(",")[0].strip())[1]
+        with Store(storage) as store:
+            return store_space(store, ref.split(":", 1)[1].split(",")[0].strip())[1]
     table = open_table(ref, storage=storage)
     return table.space_source or table.space
