@@ -102,6 +102,8 @@ class SearchModel(BaseModel):
     started: Mapped[datetime] = mapped_column(Timestamp)
     heartbeat: Mapped[datetime] = mapped_column(Timestamp)
     finished: Mapped[datetime | None] = mapped_column(Timestamp)
+    # Set by `nas stop`: the driver sees it on its next heartbeat and ends the search cleanly.
+    stop_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
 
 
 class RunModel(BaseModel):

@@ -47,6 +47,13 @@ OPTUNA_TABLES = (
     "trial_user_attributes", "trial_system_attributes", "trial_heartbeats",
 )
 
+# A running search whose heartbeat is younger than this many heartbeat intervals is taken as
+# alive (by `delete_study` here and by `nas.study` when a search starts); the interval is the
+# one the search recorded in its config (`heartbeat_s`), else the default below (that of
+# `SearchConfig`).
+STALE_HEARTBEATS = 3
+DEFAULT_HEARTBEAT_S = 10.0
+
 
 @dataclass
 class RunRecord:
@@ -123,7 +130,11 @@ class EpochRecord:
 
 @dataclass
 class SearchRecord:
-    """One launch of a search; `heartbeat` tells whether its driver is still alive."""
+    """One launch of a search; `heartbeat` tells whether its driver is still alive.
+
+    `stop_requested_at` (unix seconds) is when `nas stop` asked it to stop; a search that is
+    still `running` with it set is stopping (see `stopping`).
+    """
 
     id: int
     study: str
@@ -134,6 +145,12 @@ class SearchRecord:
     heartbeat: float | None
     finished: float | None
     config: dict[str, Any] = field(default_factory=dict)
+    stop_requested_at: float | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """Running, and asked to stop: it ends once the trials in flight are recorded."""
+        return self.status == "running" and self.stop_requested_at is not None
 
 
 _RUN_FIELDS = [f.name for f in fields(RunRecord) if f.name != "id"]
@@ -181,7 +198,16 @@ def _search_record(row: SearchModel) -> SearchRecord:
         heartbeat=_to_ts(row.heartbeat),
         finished=_to_ts(row.finished),
         config=dict(row.config or {}),
+        stop_requested_at=_to_ts(row.stop_requested_at),
     )
+
+
+def _heartbeat_s(config: dict[str, Any] | None) -> float:
+    """The heartbeat interval a search recorded in its config, else the default."""
+    value = (config or {}).get("heartbeat_s")
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return DEFAULT_HEARTBEAT_S
 
 
 class Store:
@@ -338,6 +364,49 @@ class Store:
             )
             if result.rowcount == 0:
                 raise StoreError(f"`search_id` got {search_id!r}: no such search")
+
+    def request_stop(self, study: str) -> list[int]:
+        """Ask every running search of `study` to stop cleanly (what `nas stop` runs).
+
+        Marks each search of `study` with status `running` (`stop_requested_at`, kept from
+        the first request if asked again); its driver sees the mark on its next heartbeat
+        (`stop_requested`), finishes the trials in flight and ends the search. Works from any
+        machine that reaches the database. A running search whose driver died is marked too
+        (harmless: the next launch closes it as interrupted).
+
+        Returns:
+            The ids of the running searches, oldest first (empty when none is running).
+
+        Raises:
+            StoreError: `study` is not in this store (the message lists the known studies).
+        """
+        self._require_study(study)
+        with self._session(f"requesting study {study!r} to stop", write=True) as session:
+            ids = list(
+                session.scalars(
+                    sa.select(SearchModel.id)
+                    .where(SearchModel.study == study, SearchModel.status == "running")
+                    .order_by(SearchModel.id)
+                ).all()
+            )
+            if ids:
+                session.execute(
+                    sa.update(SearchModel)
+                    .where(SearchModel.id.in_(ids), SearchModel.stop_requested_at.is_(None))
+                    .values(stop_requested_at=_now())
+                )
+            return ids
+
+    def stop_requested(self, search_id: int) -> bool:
+        """Whether someone asked search `search_id` to stop (one indexed read; the driver
+        calls it on each heartbeat)."""
+        with self._session(f"reading the stop request of search {search_id}") as session:
+            row = session.execute(
+                sa.select(SearchModel.stop_requested_at).where(SearchModel.id == search_id)
+            ).first()
+        if row is None:
+            raise StoreError(f"`search_id` got {search_id!r}: no such search")
+        return row[0] is not None
 
     def searches(self, study: str) -> list[SearchRecord]:
         """The launches of `study`, oldest first."""
@@ -568,17 +637,143 @@ class Store:
             data = session.scalar(query)
             return None if data is None else bytes(data)
 
+    # -- deleting ------------------------------------------------------------------------
+    def delete_study(self, study: str, *, force: bool = False) -> dict[str, int]:
+        """Delete every `nas_*` row of `study`, in one transaction (what `nas delete` runs).
+
+        Deleted: the study's runs, their epochs and weights, and its searches. Architectures
+        (and their stage rows) that only this study's runs used are deleted too; those another
+        study's run still uses stay, and so do architectures saved without a run (candidates
+        that broke a limit: nothing ties them to a study). Recipes are kept: they are shared,
+        tiny, and a search of another study saves its recipe before its first run. Runs of
+        other studies that were answered from one of the deleted runs keep their copied
+        result; their `cached_from` becomes NULL (as the foreign key's ON DELETE SET NULL).
+
+        This does NOT delete the Optuna study (its trials, in Optuna's tables of the same
+        database): the caller deletes it with `optuna.delete_study(study_name=..., storage=...)`.
+
+        Args:
+            study: the study name.
+            force: delete even while a search of the study is running with a fresh heartbeat
+                (younger than `STALE_HEARTBEATS` of its heartbeat intervals). That driver
+                would keep writing rows for a study that no longer exists; stop it first.
+
+        Returns:
+            Rows deleted per table (`nas_runs`, `nas_epochs`, `nas_weights`, `nas_searches`,
+            `nas_architectures`, `nas_stages`), plus `cache_links_cleared`: other studies'
+            runs whose `cached_from` was cleared.
+
+        Raises:
+            StoreError: `study` is not in this store (the message lists the known studies), or
+                it has a live search and `force` is False.
+        """
+        self._require_study(study)
+        of_study = sa.select(RunModel.id).where(RunModel.study == study)
+        used_here = sa.select(RunModel.arch_id).where(RunModel.study == study)
+        used_elsewhere = sa.select(RunModel.arch_id).where(RunModel.study != study)
+        only_here = sa.and_(
+            ArchitectureModel.arch_id.in_(used_here),
+            ArchitectureModel.arch_id.not_in(used_elsewhere),
+        )
+        only_here_stages = sa.and_(
+            StageModel.arch_id.in_(used_here), StageModel.arch_id.not_in(used_elsewhere)
+        )
+        counts: dict[str, int] = {}
+        with self._session(f"deleting study {study!r}", write=True) as session:
+            if not force:
+                self._refuse_live_searches(session, study)
+            # Children first, so the counts are ours and not left to ON DELETE CASCADE.
+            counts["nas_stages"] = session.execute(
+                sa.delete(StageModel).where(only_here_stages)
+            ).rowcount
+            counts["nas_architectures"] = session.execute(
+                sa.delete(ArchitectureModel).where(only_here)
+            ).rowcount
+            counts["nas_epochs"] = session.execute(
+                sa.delete(EpochModel).where(EpochModel.run_id.in_(of_study))
+            ).rowcount
+            counts["nas_weights"] = session.execute(
+                sa.delete(WeightsModel).where(WeightsModel.run_id.in_(of_study))
+            ).rowcount
+            counts["cache_links_cleared"] = session.execute(
+                sa.update(RunModel)
+                .where(RunModel.study != study, RunModel.cached_from.in_(of_study))
+                .values(cached_from=None)
+            ).rowcount
+            counts["nas_runs"] = session.execute(
+                sa.delete(RunModel).where(RunModel.study == study)
+            ).rowcount
+            counts["nas_searches"] = session.execute(
+                sa.delete(SearchModel).where(SearchModel.study == study)
+            ).rowcount
+        logger.info("deleted study %r from %s: %s", study, self.display_url, counts)
+        return counts
+
+    @staticmethod
+    def _refuse_live_searches(session: Session, study: str) -> None:
+        rows = session.execute(
+            sa.select(
+                SearchModel.id, SearchModel.host, SearchModel.pid, SearchModel.heartbeat,
+                SearchModel.config, SearchModel.stop_requested_at,
+            ).where(SearchModel.study == study, SearchModel.status == "running")
+        ).all()
+        now = _now().timestamp()
+        for search_id, host, pid, heartbeat, config, stop_requested_at in rows:
+            age = now - (_to_ts(heartbeat) or 0.0)
+            if age >= STALE_HEARTBEATS * _heartbeat_s(config):
+                continue  # its driver is gone; deleting is safe
+            what = (
+                f"study {study!r} is being searched right now: search #{search_id} on {host} "
+                f"pid {pid} (heartbeat {age:.0f} s ago)"
+            )
+            if stop_requested_at is not None:
+                raise StoreError(
+                    f"{what} and was asked to stop; wait until it has stopped, "
+                    "or delete anyway (`nas delete --force`)"
+                )
+            raise StoreError(
+                f"{what}; stop it first with `nas stop {study}`, or delete anyway (`nas delete --force`)"
+            )
+
     # -- overview ------------------------------------------------------------------------
+    def _require_study(self, study: str) -> None:
+        known = self.study_names()
+        if study not in known:
+            listed = ", ".join(repr(s) for s in known) if known else "none yet"
+            raise StoreError(
+                f"`study` got {study!r}: no such study in {self.display_url}; "
+                f"known studies: {listed}"
+            )
+
     def study_names(self) -> list[str]:
         """Every study with a run or a search in this store, sorted."""
         query = sa.union(sa.select(RunModel.study), sa.select(SearchModel.study))
         with self._session("listing studies") as session:
             return sorted(session.scalars(query).all())
 
+    def optuna_queue(self) -> dict[str, dict[str, int]]:
+        """Per Optuna study in this database: `waiting` (trials queued to run: retries,
+        `--enqueue`) and `infeasible` (candidates over a budget, never trained, no run row),
+        which only Optuna's side of the store holds. {} when Optuna's tables are absent."""
+        with self._session("counting queued trials") as session:
+            if not sa.inspect(session.connection()).has_table("trial_user_attributes"):
+                return {}
+            rows = session.execute(sa.text(
+                "SELECT s.study_name,"
+                " SUM(CASE WHEN CAST(t.state AS VARCHAR(16)) = 'WAITING' THEN 1 ELSE 0 END),"
+                " SUM(CASE WHEN a.trial_id IS NULL THEN 0 ELSE 1 END)"
+                " FROM trials t JOIN studies s ON s.study_id = t.study_id"
+                " LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id"
+                "  AND a.key = 'infeasible' AND a.value_json = 'true'"
+                " GROUP BY s.study_name")).all()
+        return {name: {"waiting": int(w or 0), "infeasible": int(i or 0)}
+                for name, w, i in rows}
+
     def studies(self) -> list[dict]:
         """One dict per study, sorted by name.
 
         Keys: `name`, `runs` ({state: count} over all four states), `total`, `cached`,
+        `retried` (runs that retry a trial whose worker was lost),
         `best_val_accuracy` (complete runs), `last_activity` (unix seconds: latest run write,
         start, finish or search heartbeat), `running_searches` (count with status running).
         """
@@ -587,6 +782,7 @@ class Store:
             RunModel.state,
             sa.func.count(),
             sa.func.count(RunModel.cached_from),
+            sa.func.count(RunModel.retry_of),
             sa.func.max(sa.case((RunModel.state == "complete", RunModel.val_accuracy))),
             sa.func.max(RunModel.updated),
             sa.func.max(RunModel.finished),
@@ -611,6 +807,7 @@ class Store:
                     "runs": {s: 0 for s in RUN_STATES},
                     "total": 0,
                     "cached": 0,
+                    "retried": 0,
                     "best_val_accuracy": None,
                     "last_activity": None,
                     "running_searches": 0,
@@ -623,8 +820,9 @@ class Store:
                 if ts is not None and (item["last_activity"] is None or ts > item["last_activity"]):
                     item["last_activity"] = ts
 
-        for study, state, count, cached, best, updated, finished, started in run_rows:
+        for study, state, count, cached, retried, best, updated, finished, started in run_rows:
             item = entry(study)
+            item["retried"] += retried
             item["runs"][state] = item["runs"].get(state, 0) + count
             item["total"] += count
             item["cached"] += cached
