@@ -13,7 +13,7 @@ DEMO_DB ?= sqlite:///nas.db
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q $(CONSTRAINTS) -e ".[dev,export,bench]"
+	$(PY) -m pip install --disable-pip-version-check -q $(CONSTRAINTS) -e ".[dev,export,bench,report]"
 	touch $@
 
 install: $(VENV)/.installed

@@ -3,7 +3,12 @@
 `collect(store, study)` gathers the numbers behind every figure as plain data (tests check them
 against the store); `nas.report_render.render_html` draws them with matplotlib's Agg canvas
 (no pyplot state, no display) and embeds each figure as a base64 PNG, so the report opens
-offline with no CDN.
+offline with no CDN. Where plotly is installed, `nas.report_interactive` also writes an
+interactive version beside it (`<report>.interactive.html`: one file, plotly.js inlined, also
+offline); without plotly the report says so in one line.
+
+Parameter importance is computed only from `MIN_IMPORTANCE_TRIALS` complete trials on; a
+smaller study's report says how many it has instead of drawing a ranking of noise.
 
 Which runs count where:
 - history, cost plots and the Pareto front use every `complete` run of the study, including
@@ -27,11 +32,18 @@ from typing import Any
 
 from db import RunRecord, Store
 from nas.errors import UserError
+from nas.report_interactive import render_interactive
 from nas.report_render import render_html
 from nas.study import best_trials
 from search_spaces import ArchitectureSpec
 
 TOP_K = 10
+
+# Optuna's default importance evaluator (PED-ANOVA) compares the top 10% of complete trials
+# with all of them; up to 10 trials that "top" is the single best trial, so the ranking only
+# says which values that one trial happened to have. From 20 on it holds at least two trials.
+# Below this the report prints how many trials the study has instead of a chart.
+MIN_IMPORTANCE_TRIALS = 20
 
 
 # -- data ---------------------------------------------------------------------------------------
@@ -79,18 +91,27 @@ def _optuna_study(store: Store, study: str):
         return None
 
 
-def _importance(st: Any, objectives: list[str]) -> tuple[dict[str, float], str | None]:
-    """Parameter importances for validation accuracy (infeasible trials left out), or a note."""
+def _importance(st: Any, objectives: list[str]) -> dict[str, Any]:
+    """Parameter importances for validation accuracy (infeasible trials left out), or a note.
+
+    Returns `values` ({param: importance}, empty when not computed), `note` (why not, or None),
+    `trials` (complete feasible trials used or counted) and `min_trials`.
+    """
     import optuna
 
+    out: dict[str, Any] = {"values": {}, "note": None, "trials": 0, "min_trials": MIN_IMPORTANCE_TRIALS}
     if st is None:
-        return {}, "no Optuna study of this name in the database: importance needs its trials"
-    trials = [
-        t for t in st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        if not t.user_attrs.get("infeasible")
-    ]
-    if len(trials) < 2:
-        return {}, f"parameter importance needs at least 2 complete trials; the study has {len(trials)}"
+        out["note"] = "no Optuna study of this name in the database: importance needs its trials"
+        return out
+    complete = st.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    trials = [t for t in complete if not t.user_attrs.get("infeasible")]
+    out["trials"] = len(trials)
+    if len(trials) < MIN_IMPORTANCE_TRIALS:
+        left_out = len(complete) - len(trials)
+        extra = f" ({left_out} infeasible left out)" if left_out else ""
+        out["note"] = (f"parameter importance needs at least {MIN_IMPORTANCE_TRIALS} complete trials; "
+                       f"this study has {len(trials)}{extra}")
+        return out
     index = objectives.index("accuracy") if "accuracy" in objectives else 0
     try:
         # A single-objective copy whose value is the accuracy: every evaluator then ranks the
@@ -107,20 +128,24 @@ def _importance(st: Any, objectives: list[str]) -> tuple[dict[str, float], str |
             for t in trials
         ])
         values = optuna.importance.get_param_importances(copy)
-    except Exception as exc:  # noqa: BLE001 - too few or degenerate trials, odd spaces
+    except Exception as exc:  # noqa: BLE001 - degenerate trials, odd spaces
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return {}, f"parameter importance unavailable: {first}"
+        out["note"] = f"parameter importance unavailable: {first}"
+        return out
     if not values:
-        return {}, "parameter importance unavailable: no parameter varied among complete trials"
-    return {k: float(v) for k, v in values.items()}, None
+        out["note"] = "parameter importance unavailable: no parameter varied among complete trials"
+        return out
+    out["values"] = {k: float(v) for k, v in values.items()}
+    return out
 
 
 def collect(store: Store, study: str, *, top: int = TOP_K) -> dict[str, Any]:
     """The numbers behind every figure of the report, as plain JSON-ready data.
 
     Keys: `study`, `objectives`, `counts` (runs by state, plus `cached`), `best`, `history`
-    (`trial`, `val_accuracy`, `best_so_far`), `importance` (`values`, `note`), `pareto` (None
-    for a single objective), `cost` (`trial`, `val_accuracy`, `params`, `flops`),
+    (`trial`, `val_accuracy`, `best_so_far`), `importance` (`values`, `note`, `trials`,
+    `min_trials`), `pareto` (None for a single objective), `cost` (`trial`, `val_accuracy`,
+    `params`, `flops`, `arch_id`, `summary`: one entry per complete trial),
     `depth_by_skip` ({skip type: `depth`, `val_accuracy`, `trial`, `mean_by_depth`}),
     `skip_counts`, `block_counts`, `edf` (`skip` and `block`: {type: `error`, `fraction`}),
     `top` (rows with stage layouts).
@@ -166,7 +191,7 @@ def collect(store: Store, study: str, *, top: int = TOP_K) -> dict[str, Any]:
     best_run = max(complete, key=lambda r: (r.val_accuracy, -(r.params or 0), -r.trial_number), default=None)
 
     # 2. importance
-    values, note = _importance(st, objectives)
+    importance = _importance(st, objectives)
 
     # 3. cost views and the Pareto front
     cost = {
@@ -174,6 +199,8 @@ def collect(store: Store, study: str, *, top: int = TOP_K) -> dict[str, Any]:
         "val_accuracy": [r.val_accuracy for r in complete],
         "params": [r.params for r in complete],
         "flops": [r.flops for r in complete],
+        "arch_id": [r.arch_id for r in complete],
+        "summary": [specs[r.arch_id].summary() if specs.get(r.arch_id) else r.arch_id for r in complete],
     }
     pareto = _pareto(store, st, complete, objectives)
 
@@ -235,7 +262,7 @@ def collect(store: Store, study: str, *, top: int = TOP_K) -> dict[str, Any]:
             "arch_id": best_run.arch_id, "params": best_run.params, "flops": best_run.flops,
         },
         "history": history,
-        "importance": {"values": values, "note": note},
+        "importance": importance,
         "pareto": pareto,
         "cost": cost,
         "depth_by_skip": depth_by_skip,
@@ -280,13 +307,39 @@ def _pareto(store: Store, st: Any, complete: list[RunRecord], objectives: list[s
 
 
 # -- the report file ----------------------------------------------------------------------------
+def interactive_path(out: str | Path) -> Path:
+    """Where the interactive version of the report `out` goes: `report.html` ->
+    `report.interactive.html`, in the same directory."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.interactive.html")
+
+
+def _write_interactive(data: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Write the plotly version beside `out` if plotly imports; {`path`, `note`} either way."""
+    try:
+        text = render_interactive(data)
+    except ImportError:
+        return {"path": None, "note": "interactive version not written: plotly is not installed "
+                                      "(pip install plotly, or the resnas[report] extra)"}
+    path = interactive_path(out)
+    path.write_text(text, encoding="utf-8")
+    return {"path": str(path), "note": None}
+
+
 def analyze(store: Store, study: str, out: str | Path, *, png_dir: str | Path | None = None,
-            top: int = TOP_K) -> dict[str, Any]:
-    """Write the report of `study` to `out` (and PNGs to `png_dir`); returns `collect`'s data."""
+            top: int = TOP_K, interactive: bool = True) -> dict[str, Any]:
+    """Write the report of `study` to `out` (and PNGs to `png_dir`); returns `collect`'s data
+    plus `interactive` ({`path`: the plotly file or None, `note`: why none, or None}).
+
+    Args:
+        interactive: also write `interactive_path(out)` (plotly, one offline file) when plotly
+            is installed; the report links to it, or says in one line why there is none.
+    """
     data = collect(store, study, top=top)
-    text = render_html(data, png_dir=png_dir)
     out = Path(out)
     if out.parent and not out.parent.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
+    data["interactive"] = _write_interactive(data, out) if interactive else {"path": None, "note": None}
+    text = render_html(data, png_dir=png_dir)
     out.write_text(text, encoding="utf-8")
     return data

@@ -1,4 +1,11 @@
-"""Drawing `nas analyze`'s report from `collect`'s data: matplotlib figures, one HTML page."""
+"""Drawing `nas analyze`'s report from `collect`'s data: matplotlib figures, one HTML page.
+
+Each plot adapts to what the study holds: a discrete axis (depth, trial number) gets integer
+ticks at the values present; a study with one total depth gets bars per skip type, not a line;
+a mean is joined to the next only when both come from two or more trials, so single points are
+never drawn as a trend. `depth_plan` is that decision as data (the interactive view and the
+tests read it too).
+"""
 
 from __future__ import annotations
 
@@ -7,8 +14,59 @@ import html
 import io
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 COST_LABELS = {"params": "parameters", "flops": "multiply-adds per image", "latency": "latency (ms, batch 1)"}
+DEPTH_LABEL = "total depth (weighted layers on the longest path)"
+# Up to this many distinct values, an integer axis is ticked at exactly the values present.
+MAX_EXPLICIT_TICKS = 15
+# A mean over fewer trials than this is a single trial: drawn as a point, never joined by a line.
+MIN_TRIALS_PER_MEAN = 2
+
+
+# -- what to draw -------------------------------------------------------------------------------
+def depth_plan(data: dict[str, Any]) -> dict[str, Any]:
+    """What the accuracy-by-depth figure shows, decided from `collect`'s `depth_by_skip`.
+
+    Returns `kind`: `bars` when every trained architecture has the same total depth (one bar
+    per skip type: its mean accuracy), else `by_depth` (accuracy against depth); `depths`, the
+    distinct depths, sorted; and `groups` ({skip type: `depth`, `val_accuracy`, `trial` of its
+    points, `means` ({depth: [mean, trials]}), `line` ([[depth, mean], ...]: the means over at
+    least `MIN_TRIALS_PER_MEAN` trials, to be joined; empty when fewer than two)}), sorted by
+    skip type. `bars` groups also carry `mean` and `n` over all their points.
+    """
+    groups: dict[str, dict[str, Any]] = {}
+    depths: set[int] = set()
+    for skip in sorted(data["depth_by_skip"]):
+        g = data["depth_by_skip"][skip]
+        by_depth: dict[int, list[float]] = {}
+        for d, a in zip(g["depth"], g["val_accuracy"], strict=True):
+            by_depth.setdefault(int(d), []).append(a)
+        depths.update(by_depth)
+        means = {d: [sum(v) / len(v), len(v)] for d, v in sorted(by_depth.items())}
+        line = [[d, m] for d, (m, n) in means.items() if n >= MIN_TRIALS_PER_MEAN]
+        groups[skip] = {
+            "depth": list(g["depth"]), "val_accuracy": list(g["val_accuracy"]), "trial": list(g["trial"]),
+            "means": means, "line": line if len(line) >= 2 else [],
+        }
+    kind = "bars" if len(depths) == 1 else "by_depth"
+    if kind == "bars":
+        for g in groups.values():
+            g["n"] = len(g["val_accuracy"])
+            g["mean"] = sum(g["val_accuracy"]) / g["n"]
+    return {"kind": kind, "depths": sorted(depths), "groups": groups}
+
+
+def _integer_axis(axis, values: list[Any]) -> None:
+    """Integer ticks on `axis` (an `ax.xaxis`): at the values present when they are few, else
+    wherever matplotlib puts them, but on integers."""
+    from matplotlib.ticker import MaxNLocator
+
+    distinct = sorted({int(v) for v in values if v is not None})
+    if 0 < len(distinct) <= MAX_EXPLICIT_TICKS:
+        axis.set_ticks(distinct)
+    else:
+        axis.set_major_locator(MaxNLocator(integer=True))
 
 
 # -- figures ------------------------------------------------------------------------------------
@@ -40,6 +98,7 @@ def fig_history(data: dict[str, Any]):
     ax = fig.add_subplot()
     ax.scatter(h["trial"], h["val_accuracy"], s=18, alpha=0.7, label="trial")
     ax.step(h["trial"], h["best_so_far"], where="post", color="C3", label="best so far")
+    _integer_axis(ax.xaxis, h["trial"])
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Optimisation history (complete trials)")
@@ -66,8 +125,12 @@ def fig_pareto(data: dict[str, Any]):
     ax = fig.add_subplot()
     ax.scatter(p["cost"], p["val_accuracy"], s=18, alpha=0.5, color="C7", label="complete trials")
     order = sorted(range(len(p["front"])), key=lambda i: p["front_cost"][i])
-    ax.plot([p["front_cost"][i] for i in order], [p["front_val_accuracy"][i] for i in order],
-            "o-", color="C3", label="Pareto front")
+    xs, ys = [p["front_cost"][i] for i in order], [p["front_val_accuracy"][i] for i in order]
+    # A staircase: the best accuracy reached at a cost up to x. Straight segments would claim
+    # accuracies between two front points that no trial has.
+    if len(xs) >= 2:
+        ax.step(xs, ys, where="post", color="C3", alpha=0.7)
+    ax.scatter(xs, ys, s=30, color="C3", zorder=3, label="Pareto front")
     for t, c, a in zip(p["front"], p["front_cost"], p["front_val_accuracy"], strict=True):
         ax.annotate(str(t), (c, a), textcoords="offset points", xytext=(4, 4), fontsize=8)
     if all(c > 0 for c in p["cost"]):
@@ -87,9 +150,13 @@ def fig_cost(data: dict[str, Any]):
         ax = fig.add_subplot(1, 2, i + 1)
         pts = [(x, a) for x, a in zip(c[key], c["val_accuracy"], strict=True) if x]
         ax.scatter([x for x, _ in pts], [a for _, a in pts], s=18, alpha=0.7, color=f"C{i}")
-        if pts:
+        distinct = sorted({x for x, _ in pts})
+        if len(distinct) > 1:
             ax.set_xscale("log")
-        ax.set_xlabel(f"{label} (log)")
+            ax.set_xlabel(f"{label} (log)")
+        else:  # one size: a log axis would tick decades around a single point
+            ax.set_xticks(distinct, [f"{x:,}" for x in distinct])
+            ax.set_xlabel(f"{label} (one value in this study)" if distinct else label)
         ax.set_ylabel("validation accuracy")
         ax.set_title(f"Accuracy vs {label}")
         ax.grid(alpha=0.3, which="both")
@@ -97,17 +164,36 @@ def fig_cost(data: dict[str, Any]):
 
 
 def fig_depth(data: dict[str, Any]):
-    groups = {k: data["depth_by_skip"][k] for k in sorted(data["depth_by_skip"])}
+    plan = depth_plan(data)
+    groups = plan["groups"]
     colors = _colors(list(groups))  # sorted, as in the EDF figure: same colour, same skip type
     fig = _figure()
     ax = fig.add_subplot()
+    if plan["kind"] == "bars":
+        # One depth in the study: nothing to plot against depth; compare skip types there.
+        names = list(groups)
+        ax.bar(range(len(names)), [groups[n]["mean"] for n in names], width=0.6, alpha=0.6,
+               color=[colors[n] for n in names], label="mean")
+        for i, n in enumerate(names):
+            ax.scatter([i] * groups[n]["n"], groups[n]["val_accuracy"], s=18, color="k", alpha=0.6, zorder=3)
+        ax.set_xticks(range(len(names)), [f"{n}\n(n={groups[n]['n']})" for n in names])
+        ax.set_xlabel(f"skip type (every trained architecture has total depth {plan['depths'][0]})")
+        ax.set_ylabel("validation accuracy")
+        ax.set_title("Accuracy per skip type (bars: mean; dots: trials)")
+        ax.grid(alpha=0.3, axis="y")
+        return fig
     for skip, g in groups.items():
-        ax.scatter(g["depth"], g["val_accuracy"], s=18, alpha=0.5, color=colors[skip])
-        means = g["mean_by_depth"]
-        ax.plot(list(means), list(means.values()), "-o", color=colors[skip], label=f"{skip} (mean)")
-    ax.set_xlabel("total depth (weighted layers on the longest path)")
+        ax.scatter(g["depth"], g["val_accuracy"], s=18, alpha=0.5, color=colors[skip], label=f"{skip} (trials)")
+        means = [(d, m) for d, (m, n) in g["means"].items() if n >= MIN_TRIALS_PER_MEAN]
+        if means:
+            ax.scatter([d for d, _ in means], [m for _, m in means], marker="D", s=36, color=colors[skip],
+                       edgecolors="k", zorder=3, label=f"{skip} (mean of >= {MIN_TRIALS_PER_MEAN})")
+        if g["line"]:
+            ax.plot([d for d, _ in g["line"]], [m for _, m in g["line"]], "-", color=colors[skip])
+    _integer_axis(ax.xaxis, plan["depths"])
+    ax.set_xlabel(DEPTH_LABEL)
     ax.set_ylabel("validation accuracy")
-    ax.set_title("Accuracy by depth per skip type (degradation without residuals)")
+    ax.set_title("Accuracy by depth per skip type (lines join means of >= 2 trials)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return fig
@@ -138,8 +224,12 @@ def figures(data: dict[str, Any]) -> list[tuple[str, str, Any | None, str | None
     empty = "no complete trial yet"
     out.append(("history", "Optimisation history", fig_history(data) if has else None, None if has else empty))
     imp = data["importance"]
+    if imp["values"]:
+        imp_note = f"computed from {imp['trials']} complete feasible trials (at least {imp['min_trials']} needed)"
+    else:
+        imp_note = imp["note"]
     out.append(("importance", "Parameter importance",
-                fig_importance(data) if imp["values"] else None, imp["note"]))
+                fig_importance(data) if imp["values"] else None, imp_note))
     if data["pareto"] is not None:
         ok = bool(data["pareto"]["trial"])
         out.append(("pareto", "Pareto front", fig_pareto(data) if ok else None, None if ok else empty))
@@ -215,6 +305,18 @@ def _summary(data: dict[str, Any]) -> str:
     )
 
 
+def _interactive_line(data: dict[str, Any]) -> str:
+    """A link to the interactive version (same directory), or the one line saying why none."""
+    info = data.get("interactive") or {}
+    if info.get("path"):
+        name = Path(info["path"]).name
+        return (f'<p>Interactive version (zoom, hover for each trial\'s architecture): '
+                f'<a href="{html.escape(quote(name))}">{html.escape(name)}</a></p>\n')
+    if info.get("note"):
+        return f'<p class="note">{html.escape(info["note"])}</p>\n'
+    return ""
+
+
 def render_html(data: dict[str, Any], *, png_dir: str | Path | None = None) -> str:
     """The report as one HTML string (figures inline as base64 PNG); with `png_dir`, each figure
     is also written there as `<name>.png`."""
@@ -239,6 +341,6 @@ def render_html(data: dict[str, Any], *, png_dir: str | Path | None = None) -> s
         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
         f"<h1>{html.escape(title)}</h1>\n"
         f"<p class=note>{html.escape(data['storage'])} — generated {html.escape(data['generated'])} by <code>nas analyze</code></p>\n"
-        f"{_summary(data)}\n" + "\n".join(sections) + "\n</body></html>\n"
+        f"{_summary(data)}\n{_interactive_line(data)}" + "\n".join(sections) + "\n</body></html>\n"
     )
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from db import RunRecord, Store
-from nas.analyze import analyze, collect
+from nas.analyze import MIN_IMPORTANCE_TRIALS, analyze, collect
 from nas.config import build_config
 from nas.errors import UserError
 from nas.export import export
@@ -87,8 +87,12 @@ def test_collect_numbers_match_the_store(searched):
     for acc, cost in zip(pareto["front_val_accuracy"], pareto["front_cost"], strict=True):
         assert not any(a >= acc and c <= cost and (a > acc or c < cost) for a, c in points)
 
-    # importance: numbers, or a note saying why not (few trials)
-    assert data["importance"]["values"] or data["importance"]["note"]
+    # importance: 4 trials are too few for a ranking; the note says how many there are
+    assert data["importance"]["values"] == {}
+    assert data["importance"]["note"] == (
+        f"parameter importance needs at least {MIN_IMPORTANCE_TRIALS} complete trials; "
+        f"this study has {data['importance']['trials']}"
+    )
     assert data["top"][0]["val_accuracy"] == data["best"]["val_accuracy"]
     assert data["top"][0]["stages"] and len({t["arch_id"] for t in data["top"]}) == len(data["top"])
 
