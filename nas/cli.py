@@ -9,68 +9,105 @@ from typing import Annotated, Any
 
 import typer
 
+from nas import cli_store
 from nas.cli_common import (
+    CLUSTER,
     DEFAULT_STORAGE,
+    OUTPUT,
+    SEARCH,
+    TRAINING,
     StorageOpt,
+    command,
     console,
     err_console,
+    new_app,
     open_store,
     quiet_optuna,
+    shown_default,
     user_errors,
 )
 from nas.cli_outputs import analyze, export_cmd, retrain
 from nas.cli_pool import pool_app
-from nas.errors import UserError
 
-app = typer.Typer(
+app = new_app(
     name="nas",
     help=(
         "resnas: search residual network topologies with Optuna, train candidates on Ray "
         "with Lightning, keep every result in SQL.\n\n"
         "Start with `nas search` (a real search on the digits data), then `nas export STUDY`."
     ),
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    epilog=(
+        "[bold]Examples[/]\n\n  $ nas search --trials 12 --epochs 8\n\n"
+        "  $ nas status\n\n  $ nas export resnas --out exports/best"
+    ),
 )
-db_app = typer.Typer(help="Manage the store's schema.", no_args_is_help=True)
+db_app = new_app(help="Manage the store's schema.")
 app.add_typer(db_app, name="db")
 app.add_typer(pool_app, name="pool")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"resnas {version('resnas')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", "-V", callback=_version, is_eager=True,
+                                          metavar="", help="Print the version and exit.")] = False,
+) -> None:
+    """(`--version`; the group's help is `app`'s.)"""
+
+
+def _opt(*names: str, help: str, panel: str, metavar: str | None = None,
+         default: object = None, **kw: Any) -> Any:
+    """An option of `nas search`; `default` is what applies when neither flag nor file sets it."""
+    text = help + (shown_default(default) if default is not None else "")
+    return typer.Option(*names, help=text, rich_help_panel=panel, metavar=metavar, **kw)
+
+
 # -- search -------------------------------------------------------------------------------------
-@app.command()
+@command(app, examples=(
+    "nas search --trials 12 --epochs 8                # the digits data, the resnet space",
+    "nas search --study big --space resnet_bottleneck --dataset npz:data.npz --epochs 20",
+    "nas search --objectives accuracy,params --trials 30   # a Pareto front of size vs accuracy",
+    "nas search --replay nasbench201:cifar10 --trials 100  # answers from a table, no training",
+    "nas search --config search.yaml --ray-address auto    # on the cluster `nas pool up` runs",
+))
 @user_errors
 def search(
-    config_file: Annotated[Path | None, typer.Option("--config", "-c", help="YAML file with any of these options (flags override it).")] = None,
-    study: Annotated[str | None, typer.Option(help="Study name; the same name resumes it.  [default: resnas]")] = None,
-    storage: Annotated[str | None, typer.Option("--storage", "-s", envvar="NAS_STORAGE", help="Database URL.  [default: sqlite:///nas.db]")] = None,
-    space: Annotated[str | None, typer.Option(help="Preset name (see `nas spaces`) or a YAML file.  [default: resnet]")] = None,
-    trials: Annotated[int | None, typer.Option(help="Trials the study should hold in total.  [default: 20]")] = None,
-    workers: Annotated[int | None, typer.Option(help="Trials in flight at once.  [default: CPU slots]")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Training epochs per trial (the fidelity).")] = None,
-    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster (HOST:PORT, or auto: the one `nas pool up` started here) instead of starting a Ray of its own.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the sampler, for reproducible proposals.")] = None,
-    sampler: Annotated[str | None, typer.Option(help="tpe | random | gp | nsga2 | qmc | grid | evolution.  [default: tpe]")] = None,
-    sampler_options: Annotated[str | None, typer.Option(help="Sampler options as key=value,...  evolution: population, sample_size, mutation (one | per_param); tpe: n_startup_trials.  [default: population=20,sample_size=5,mutation=one; n_startup_trials=8]")] = None,
-    pruner: Annotated[str | None, typer.Option(help="asha | hyperband | median | none.  [default: asha when epochs > 1]")] = None,
-    objectives: Annotated[str | None, typer.Option(help="accuracy, or accuracy plus costs: accuracy,params | accuracy,flops | accuracy,latency.")] = None,
-    timeout: Annotated[float | None, typer.Option(help="Stop proposing after this many seconds.")] = None,
-    max_compute_hours: Annotated[float | None, typer.Option(help="Stop proposing after this much summed trial time.")] = None,
-    max_params: Annotated[int | None, typer.Option(help="Never train a candidate with more parameters.")] = None,
-    max_flops: Annotated[int | None, typer.Option(help="Never train a candidate with more multiply-adds per image.")] = None,
-    max_retries: Annotated[int | None, typer.Option(help="Retries of a trial whose worker or node died.  [default: 2]")] = None,
-    enqueue: Annotated[str | None, typer.Option(help="Comma-separated zoo names or architecture.json files to try first.")] = None,
-    cpus_per_trial: Annotated[float | None, typer.Option(help="CPUs reserved per trial.  [default: 1]")] = None,
-    gpus_per_trial: Annotated[float | None, typer.Option(help="GPUs per trial; fractions share a GPU.  [default: 0]")] = None,
-    dataset: Annotated[str | None, typer.Option(help="digits | npz:PATH | cifar10 | cifar100 | mnist | fashion_mnist | svhn.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Where datasets live.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Training batch size.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    replay: Annotated[str | None, typer.Option(help="Answer trials from a table of known results instead of training (simulated time, no Ray): nasbench201:cifar10 | nasbench201:cifar100 | nasbench201:imagenet16-120 | a curve table file (.json.gz) | study:NAME. The space defaults to the table's.")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only the summary.")] = False,
-    json_lines: Annotated[bool, typer.Option("--json", help="One JSON line per finished trial, then a JSON summary.")] = False,
+    config_file: Annotated[Path | None, _opt("--config", "-c", panel=SEARCH, metavar="FILE.yaml", default="none", help="YAML file with any of these options (flags override it; `train:` holds the training ones).")] = None,
+    study: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME", default="resnas", help="Study name; the same name resumes it.")] = None,
+    storage: Annotated[str | None, _opt("--storage", "-s", panel=SEARCH, metavar="URL", envvar="NAS_STORAGE", default="sqlite:///nas.db", help="Database URL: sqlite:///file.db or postgresql://user:pass@host/db.")] = None,
+    space: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME|FILE.yaml", default="resnet", help="Preset (see `nas spaces`) or a space YAML file.")] = None,
+    trials: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default=20, help="Trials the study holds when this run ends: a new study runs N, a resume only the missing ones. Candidates over --max-params/--max-flops are skipped without training and not counted.")] = None,
+    sampler: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME", default="tpe", help="tpe | random | gp | nsga2 | qmc | grid | evolution.")] = None,
+    sampler_options: Annotated[str | None, _opt(panel=SEARCH, metavar="KEY=VALUE,...", default="population=20,sample_size=5,mutation=one for evolution; n_startup_trials=8 for tpe", help="Sampler options. evolution: population, sample_size, mutation (one | per_param); tpe: n_startup_trials.")] = None,
+    pruner: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME", default="asha when epochs > 1, else none", help="asha | hyperband | median | none. A rung prunes only once 6 trials reached it.")] = None,
+    objectives: Annotated[str | None, _opt(panel=SEARCH, metavar="LIST", default="accuracy", help="accuracy, or accuracy plus costs: accuracy,params | accuracy,flops | accuracy,latency.")] = None,
+    seed: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="none (random)", help="Seed of the sampler, for reproducible proposals.")] = None,
+    max_params: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="the space's limit", help="Never train a candidate with more parameters.")] = None,
+    max_flops: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="the space's limit", help="Never train a candidate with more multiply-adds per image.")] = None,
+    timeout: Annotated[float | None, _opt(panel=SEARCH, metavar="SECONDS", default="none", help="Stop proposing after this many seconds.")] = None,
+    max_compute_hours: Annotated[float | None, _opt(panel=SEARCH, metavar="HOURS", default="none", help="Stop proposing after this much summed trial time.")] = None,
+    enqueue: Annotated[str | None, _opt(panel=SEARCH, metavar="NAMES|FILES", default="none", help="Comma-separated zoo names or architecture.json files to try first.")] = None,
+    replay: Annotated[str | None, _opt(panel=SEARCH, metavar="TABLE", default="none (train)", help="Answer trials from a table of known results instead of training (simulated time, no Ray): nasbench201:cifar10 | nasbench201:cifar100 | nasbench201:imagenet16-120 | a curve table file (.json.gz) | study:NAME. The space defaults to the table's.")] = None,
+    epochs: Annotated[int | None, _opt(panel=TRAINING, metavar="N", default="8, or the space's recipe", help="Training epochs per trial (the fidelity).")] = None,
+    dataset: Annotated[str | None, _opt(panel=TRAINING, metavar="NAME", default="digits", help="digits | npz:PATH (see README, \"Your own data\") | cifar10 | cifar100 | mnist | fashion_mnist | svhn.")] = None,
+    data_dir: Annotated[str | None, _opt(panel=TRAINING, metavar="DIR", default="~/.cache/resnas/data", help="Where the torchvision datasets live.")] = None,
+    batch_size: Annotated[int | None, _opt(panel=TRAINING, metavar="N", default=64, help="Training batch size.")] = None,
+    lr: Annotated[float | None, _opt(panel=TRAINING, metavar="RATE", default="0.1, or the space's recipe", help="Peak learning rate.")] = None,
+    workers: Annotated[int | None, _opt(panel=CLUSTER, metavar="N", default="the CPU (or GPU) slots", help="Trials in flight at once.")] = None,
+    ray_address: Annotated[str | None, _opt(panel=CLUSTER, metavar="HOST:PORT|auto", default="none: a Ray of its own, on this machine", help="Join this Ray cluster (auto: the one `nas pool up` started here).")] = None,
+    cpus_per_trial: Annotated[float | None, _opt(panel=CLUSTER, metavar="N", default=1, help="CPUs reserved per trial.")] = None,
+    gpus_per_trial: Annotated[float | None, _opt(panel=CLUSTER, metavar="N", default=0, help="GPUs per trial; fractions share a GPU.")] = None,
+    max_retries: Annotated[int | None, _opt(panel=CLUSTER, metavar="N", default=2, help="Retries of a trial whose worker or node died.")] = None,
+    quiet: Annotated[bool, _opt("--quiet", "-q", panel=OUTPUT, metavar="", help="Print only the summary.")] = False,
+    json_lines: Annotated[bool, _opt("--json", panel=OUTPUT, metavar="", help="One JSON line per finished trial, then a JSON summary.")] = False,
+    verbose: Annotated[bool, _opt("--verbose", "-v", panel=OUTPUT, metavar="", help="Also show Optuna's logs and warnings (workers keep Lightning's advice and Ray's logs to themselves).")] = False,
 ) -> None:
     """Run (or resume) a search: propose, train on Ray, record, prune."""
     from nas.config import build_config, load_config_file
@@ -96,13 +133,24 @@ def search(
                                      or SearchConfig.model_fields["storage"].default)
     source = str(config_file) if config_file else "flags"
     config = build_config(file_values, flags, source)
-    quiet_optuna()
+    quiet_optuna(verbose=verbose)
+    from nas.inputs import resolve_inputs
     from nas.progress import JsonProgress, QuietProgress, RichProgress
+
+    inputs = resolve_inputs(config)  # a bad space, recipe or dataset: reported before torch loads
+    if not (quiet or json_lines):
+        from nas.errors import mask_url
+
+        what = ("replaying " + config.replay) if config.replay else f"training on {inputs.recipe.dataset}"
+        console.print(
+            f"[bold]nas search[/] study [bold]{config.study}[/] in {mask_url(config.storage)}: "
+            f"space {config.space}, {config.trials} trials in the study, sampler "
+            f"{config.sampler}, {what} …", highlight=False, soft_wrap=True)
+    progress = JsonProgress() if json_lines else QuietProgress() if quiet else RichProgress(console)
     from nas.search import run_search
 
-    progress = JsonProgress() if json_lines else QuietProgress() if quiet else RichProgress(console)
     try:
-        summary = run_search(config, progress=progress)
+        summary = run_search(config, progress=progress, inputs=inputs)
     except KeyboardInterrupt:  # pragma: no cover - interrupted before the loop began
         err_console.print("interrupted before any trial started")
         raise typer.Exit(130) from None
@@ -110,6 +158,9 @@ def search(
         print(json.dumps({"event": "summary", **summary.__dict__}, default=str))
     else:
         _print_summary(summary, config)
+    if summary.status == "stopped":
+        err_console.print(f"stopped by `nas stop`: every finished trial is saved. Resume with the "
+                          f"same command (study `{config.study}`).", highlight=False)
     if summary.status == "interrupted":
         err_console.print(
             f"interrupted: finished trials are saved; in-flight ones are marked and will be "
@@ -120,12 +171,15 @@ def search(
 
 def _print_summary(summary: Any, config: Any) -> None:
     c = summary.counts
+    skipped = c.get("infeasible", 0)
     console.print(
         f"\n[bold]{summary.study}[/]: {summary.status} in {summary.wall_s:.1f}s "
         f"(trial compute {summary.compute_s:.1f}s) — this run: {c.get('complete', 0)} complete, "
         f"{c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed, {c.get('cached', 0)} answered "
-        f"from the cache, {c.get('infeasible', 0)} over budget; {summary.trials_in_study} trials "
-        "in the study",
+        f"from the cache"
+        + (f", {skipped} candidate(s) over budget skipped (never trained, not counted)"
+           if skipped else "")
+        + f"; the study counts {summary.counted} of {config.trials} trials",
         highlight=False,
         soft_wrap=True,
     )
@@ -150,17 +204,22 @@ def _print_summary(summary: Any, config: Any) -> None:
 
 # Defined in nas.cli_outputs, registered here: `nas --help` lists commands in the order they
 # are registered, and this is where they always stood.
-app.command("export")(export_cmd)
-app.command()(retrain)
-app.command()(analyze)
+command(app, "export", examples=(
+    "nas export resnas --out exports/best",
+    "nas export resnas --trial 7 --formats safetensors,onnx",
+    "nas export resnas --pareto 1 --out exports/small   # a multi-objective study"))(export_cmd)
+command(app, examples=("nas retrain resnas --seeds 3", "nas retrain resnas --top 5 --epochs 30",
+                       "nas retrain exports/best/architecture.json"))(retrain)
+command(app, examples=("nas analyze resnas --out report.html",
+                       "nas analyze resnas --png figures/"))(analyze)
 
 # -- dashboard ----------------------------------------------------------------------------------
-@app.command()
+@command(app, examples=("nas dashboard", "nas dashboard --storage sqlite:///nas.db --port 8081"))
 @user_errors
 def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
-    host: Annotated[str, typer.Option(help="Address to bind. Only 127.0.0.1 unless you mean it.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port.")] = 8080,
+    host: Annotated[str, typer.Option(metavar="HOST", help="Address to bind. Only 127.0.0.1 unless you mean it.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port.")] = 8080,
 ) -> None:
     """Serve optuna-dashboard for the storage (127.0.0.1 only unless --host says otherwise)."""
     from nas.errors import mask_url
@@ -180,7 +239,7 @@ def dashboard(
 
 
 # -- spaces, show -------------------------------------------------------------------------------
-@app.command()
+@command(app, examples=("nas spaces", "nas search --space resnext"))
 @user_errors
 def spaces() -> None:
     """List the packaged search spaces."""
@@ -194,95 +253,22 @@ def spaces() -> None:
     console.print(table)
 
 
-@app.command()
-@user_errors
-def show(
-    arch: Annotated[str, typer.Argument(help="A zoo name (resnet50, resnet20, ...) or an architecture.json.")],
-    input_size: Annotated[int, typer.Option(help="Input resolution for FLOPs (0: the size a bundle's architecture.json records, else the zoo model's own: 224, 32 or 8).")] = 0,
-) -> None:
-    """Print an architecture's stage table with params and FLOPs per stage."""
-    from search_spaces import ArchitectureSpec, zoo
-    from search_spaces.describe import render_text
-
-    path = Path(arch)
-    size = (input_size, input_size) if input_size else None
-    try:
-        if path.suffix == ".json" or path.is_file():
-            if not path.is_file():
-                raise UserError(f"architecture file `{arch}` does not exist")
-            data = json.loads(path.read_text())
-            spec = ArchitectureSpec.from_dict(data.get("spec", data))
-            recorded = data.get("input") if isinstance(data.get("input"), dict) else {}
-            if size is None and recorded.get("height") and recorded.get("width"):
-                size = (int(recorded["height"]), int(recorded["width"]))  # what it trained on
-            native = zoo.default_input_size(spec)
-        else:
-            spec = zoo.get(arch)
-            native = zoo.input_size(arch)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise UserError(f"{arch}: {exc}") from None
-    console.print(render_text(spec, size or (native, native)), highlight=False)
+# Defined in nas.cli_store (the store's views and study management), registered here.
+for _func, _examples in (
+    (cli_store.show, ("nas show resnet50", "nas show exports/best/architecture.json",
+                      "nas show 6b9413116cf968da --storage sqlite:///nas.db",
+                      "nas show resnas --trial 3")),
+    (cli_store.trials, ("nas trials resnas", "nas trials resnas --state complete --top 5",
+                        "nas trials resnas --format csv > trials.csv")),
+    (cli_store.status, ("nas status", "nas status --storage postgresql://nas@db-host/nas")),
+    (cli_store.best, ("nas best resnas",)),
+    (cli_store.stop, ("nas stop resnas", "nas stop resnas --storage postgresql://nas@db-host/nas")),
+    (cli_store.delete, ("nas delete old-study", "nas delete old-study --yes")),
+):
+    command(app, examples=_examples)(_func)
 
 
-# -- store views --------------------------------------------------------------------------------
-@app.command()
-@user_errors
-def trials(
-    study: Annotated[str, typer.Argument(help="Study name.")],
-    storage: StorageOpt = DEFAULT_STORAGE,
-    fmt: Annotated[str, typer.Option("--format", "-f", help="table | csv | json")] = "table",
-    state: Annotated[list[str] | None, typer.Option(help="Only these states (repeatable): complete, pruned, failed.")] = None,
-    top: Annotated[int | None, typer.Option(help="Only the K best by validation accuracy.")] = None,
-) -> None:
-    """List a study's trials from the store."""
-    from nas.store_commands import print_trials
-
-    if fmt not in ("table", "csv", "json"):
-        raise UserError(f"`--format` got {fmt!r}; allowed: table | csv | json")
-    print_trials(open_store(storage), study, fmt=fmt, states=state, top=top)
-
-
-@app.command()
-@user_errors
-def status(storage: StorageOpt = DEFAULT_STORAGE) -> None:
-    """One line per study in the store: trials by state, best accuracy, running searches."""
-    from nas.store_commands import print_status
-
-    print_status(open_store(storage))
-
-
-@app.command()
-@user_errors
-def best(
-    study: Annotated[str, typer.Argument(help="Study name.")],
-    storage: StorageOpt = DEFAULT_STORAGE,
-) -> None:
-    """The best trial, or the Pareto front of a multi-objective study."""
-    import optuna
-
-    quiet_optuna()
-
-    from nas.study import best_trials, open_storage
-
-    store = open_store(storage)
-    try:
-        st = optuna.load_study(study_name=study, storage=open_storage(storage))
-    except KeyError:
-        known = ", ".join(s["name"] for s in store.studies()) or "none"
-        raise UserError(f"unknown study `{study}`; studies in the store: {known}") from None
-    objectives = st.user_attrs.get("resnas", {}).get("objectives", ["accuracy"])
-    rows = best_trials(st, store, objectives)
-    if not rows:
-        raise UserError(f"study `{study}` has no complete trial yet")
-    for b in rows:
-        console.print(
-            f"trial {b['trial']}: val_accuracy {b['val_accuracy']:.4f}, {b['params']:,} params, "
-            f"{b['flops']:,} MACs, latency {b['latency_ms'] or 0:.2f} ms  {b['summary']}",
-            highlight=False,
-        )
-
-
-@db_app.command("upgrade")
+@command(db_app, "upgrade", examples=("nas db upgrade --storage postgresql://nas@db-host/nas",))
 @user_errors
 def db_upgrade(storage: StorageOpt = DEFAULT_STORAGE) -> None:
     """Apply the store's migrations (also done automatically on first use)."""

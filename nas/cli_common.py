@@ -6,12 +6,60 @@ import functools
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+import typer.core
 
+from nas.consoles import console_for
 from nas.errors import UserError
 
-console = Console()
-err_console = Console(stderr=True)
+console = console_for()
+err_console = console_for(stderr=True)
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+# Option groups of `nas search --help`.
+SEARCH, TRAINING, CLUSTER, OUTPUT = "Search", "Training", "Cluster", "Output"
+
+
+def shown_default(value: object) -> str:
+    """Help-text suffix for an option whose default is decided later (None in the signature)."""
+    return f"  \\[default: {value}]"
+
+
+class _NoBoolMetavar:
+    """Typer prints `<bool>` beside every flag, `--help` included; a flag takes no value."""
+
+    def get_help_option(self, ctx):  # noqa: ANN001, ANN201 - click's signature
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_NoBoolMetavar, typer.core.TyperCommand):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:  # an argument's name says what it is; `<str>` adds nothing
+            if param.param_type_name == "argument":
+                param.display_type_rich = lambda ctx: None  # type: ignore[method-assign]
+
+
+class Group(_NoBoolMetavar, typer.core.TyperGroup):
+    pass
+
+
+def new_app(**kwargs: Any) -> typer.Typer:
+    """A `typer.Typer` with the settings every `nas` command group shares."""
+    return typer.Typer(cls=Group, context_settings=CONTEXT, no_args_is_help=True,
+                       add_completion=False, pretty_exceptions_enable=False,
+                       rich_markup_mode="rich", **kwargs)
+
+
+def command(app: typer.Typer, name: str | None = None, *, examples: tuple[str, ...] = (),
+            **kwargs: Any):
+    """`app.command` with `-h`, flags shown without a metavar and an "Examples" epilog."""
+    epilog = None
+    if examples:
+        epilog = "[bold]Examples[/]\n\n" + "\n\n".join(f"  $ {e}" for e in examples)
+    return app.command(name, cls=Command, epilog=epilog, **kwargs)
 
 DEFAULT_STORAGE = "sqlite:///nas.db"
 StorageOpt = Annotated[
@@ -19,6 +67,7 @@ StorageOpt = Annotated[
     typer.Option(
         "--storage", "-s", envvar="NAS_STORAGE",
         help="Database URL: sqlite:///file.db or postgresql://user:pass@host:5432/db.",
+        metavar="URL",
     ),
 ]
 
@@ -47,12 +96,17 @@ def open_store(url: str):
     return Store(url)
 
 
-def quiet_optuna() -> None:
-    """Optuna's INFO lines ("A new study created...") and experimental-feature warnings say
-    nothing a user of `nas` can act on; our own output covers what happened."""
+def quiet_optuna(*, verbose: bool = False) -> None:
+    """Optuna's INFO lines ("A new study created...") and its warnings (experimental
+    features, a step reported twice after a retry) say nothing a user of `nas` can act on;
+    our own output covers what happened. `verbose` keeps them."""
     import warnings
 
     import optuna
 
+    if verbose:
+        optuna.logging.set_verbosity(optuna.logging.INFO)
+        return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"optuna(\.|$)")

@@ -25,13 +25,13 @@ from nas.errors import UserError
 # -- export -------------------------------------------------------------------------------------
 @user_errors
 def export_cmd(
-    study: Annotated[str, typer.Argument(help="Study to export from.")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for the bundle.")] = Path("exports/model"),
+    study: Annotated[str, typer.Argument(metavar="STUDY", help="Study to export from.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="DIR", help="Directory for the bundle.")] = Path("exports/model"),
     storage: StorageOpt = DEFAULT_STORAGE,
-    trial: Annotated[int | None, typer.Option(help="Export this trial instead of the best.")] = None,
-    pareto: Annotated[int | None, typer.Option(help="Export the K-th trial (0-based, by accuracy) of a multi-objective study's Pareto front.")] = None,
-    metric: Annotated[str | None, typer.Option(help="Best by this run metric: val_accuracy | best_val_accuracy | val_loss | latency_ms | params | flops.  [default: val_accuracy]")] = None,
-    formats: Annotated[str, typer.Option(help="Model formats to write (architecture/recipe/metrics JSON and README always): a subset of safetensors,model_py,onnx,pt2.")] = "safetensors,model_py,onnx,pt2",
+    trial: Annotated[int | None, typer.Option(metavar="N", help="Export this trial instead of the best.  \\[default: the best]")] = None,
+    pareto: Annotated[int | None, typer.Option(metavar="K", help="Export the K-th trial (0-based, by accuracy) of a multi-objective study's Pareto front (`nas best` lists them).  \\[default: none]")] = None,
+    metric: Annotated[str | None, typer.Option(metavar="METRIC", help="Best by this run metric: val_accuracy | best_val_accuracy | val_loss | latency_ms | params | flops.  \\[default: val_accuracy]")] = None,
+    formats: Annotated[str, typer.Option(metavar="LIST", help="Model formats to write (architecture/recipe/metrics JSON and README always): a subset of safetensors,model_py,onnx,pt2.")] = "safetensors,model_py,onnx,pt2",
 ) -> None:
     """Write the chosen trial as a bundle (safetensors, standalone model.py, ONNX, torch.export, model card), each format checked against the trained model."""
     from nas.export import FORMAT_FILES, export
@@ -62,17 +62,17 @@ def export_cmd(
 # -- retrain ------------------------------------------------------------------------------------
 @user_errors
 def retrain(
-    source: Annotated[str, typer.Argument(help="A study name (its best architecture), or an architecture.json (e.g. from an export bundle).")],
-    epochs: Annotated[int | None, typer.Option(help="Training epochs per run (full fidelity).  [default: the recipe default, at least the search's]")] = None,
-    seeds: Annotated[int, typer.Option(help="Runs per architecture, with seeds 0..S-1.")] = 3,
-    top: Annotated[int | None, typer.Option(help="Retrain the K best distinct architectures of the study and check whether their ranking holds.")] = None,
-    trial: Annotated[int | None, typer.Option(help="Retrain this trial's architecture (any state, e.g. pruned).")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Study to record the runs in.  [default: STUDY.retrain]")] = None,
+    source: Annotated[str, typer.Argument(metavar="SOURCE", help="A study name (its best architecture), or an architecture.json (e.g. from an export bundle).")],
+    epochs: Annotated[int | None, typer.Option(metavar="N", help="Training epochs per run (full fidelity).  \\[default: the recipe default, at least the search's]")] = None,
+    seeds: Annotated[int, typer.Option(metavar="S", help="Runs per architecture, with seeds 0..S-1.")] = 3,
+    top: Annotated[int | None, typer.Option(metavar="K", help="Retrain the K best distinct architectures of the study and check whether their ranking holds.  \\[default: none: the best one]")] = None,
+    trial: Annotated[int | None, typer.Option(metavar="N", help="Retrain this trial's architecture (any state, e.g. pruned).  \\[default: none]")] = None,
+    study: Annotated[str | None, typer.Option("--study", metavar="NAME", help="Study to record the runs in.  \\[default: STUDY.retrain]")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
-    ray_address: Annotated[str | None, typer.Option(help="Join this Ray cluster instead of starting a local one.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Runs in flight at once.  [default: all, as Ray's CPUs allow]")] = None,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs reserved per run.")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs per run; fractions share a GPU.")] = 0.0,
+    ray_address: Annotated[str | None, typer.Option(metavar="HOST:PORT", help="Join this Ray cluster instead of starting a local one.  \\[default: a Ray of its own]")] = None,
+    workers: Annotated[int | None, typer.Option(metavar="N", help="Runs in flight at once.  \\[default: all, as Ray's CPUs allow]")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(metavar="N", help="CPUs reserved per run.")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(metavar="N", help="GPUs per run; fractions share a GPU.")] = 0.0,
 ) -> None:
     """Train the chosen architecture(s) at full fidelity with several seeds on Ray; record the runs (weights kept) in STUDY.retrain."""
     from nas.retrain import retrain as run_retrain
@@ -117,11 +117,11 @@ def retrain(
 # -- analyze ------------------------------------------------------------------------------------
 @user_errors
 def analyze(
-    study: Annotated[str, typer.Argument(help="Study to analyse (it may still be running).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (self-contained, opens offline).")] = Path("report.html"),
-    png: Annotated[Path | None, typer.Option(help="Also write each figure as a PNG file in this directory.")] = None,
+    study: Annotated[str, typer.Argument(metavar="STUDY", help="Study to analyse (it may still be running).")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="FILE.html", help="HTML file to write (self-contained, opens offline).")] = Path("report.html"),
+    png: Annotated[Path | None, typer.Option(metavar="DIR", help="Also write each figure as a PNG file in this directory.  \\[default: none]")] = None,
     storage: StorageOpt = DEFAULT_STORAGE,
-    top: Annotated[int, typer.Option(help="Rows of the top-architectures table.")] = 10,
+    top: Annotated[int, typer.Option(metavar="K", help="Rows of the top-architectures table.")] = 10,
 ) -> None:
     """Write an HTML report: history, parameter importance, Pareto front, cost plots, accuracy by depth per skip type, error EDFs, top architectures. Reads only."""
     from db import Store
@@ -145,3 +145,8 @@ def analyze(
         console.print(f"  note: {data['importance']['note']}", highlight=False, soft_wrap=True)
     if png is not None:
         console.print(f"  figures also in {png}/", highlight=False, soft_wrap=True)
+    interactive = data.get("interactive") or {}
+    if interactive.get("path"):
+        console.print(f"  interactive version: {interactive['path']}", highlight=False, soft_wrap=True)
+    elif interactive.get("note"):
+        console.print(f"  note: {interactive['note']}", highlight=False, soft_wrap=True)

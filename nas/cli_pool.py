@@ -6,15 +6,14 @@ from typing import Annotated, Any
 
 import typer
 
-from nas.cli_common import console, user_errors
+from nas.cli_common import command, console, new_app, user_errors
 
-pool_app = typer.Typer(
+pool_app = new_app(
     help="Resident trial runners that stay warm between searches (join with --ray-address auto).",
-    no_args_is_help=True,
 )
 RayAddressOpt = Annotated[
     str | None,
-    typer.Option(help="Ray cluster to use (e.g. 10.0.0.5:6379).  [default: the one on this machine]"),
+    typer.Option(metavar="HOST:PORT", help="Ray cluster to use (e.g. 10.0.0.5:6379).  \\[default: the one on this machine]"),
 ]
 
 
@@ -41,13 +40,13 @@ def _print_broker() -> None:
                   f"{info['searches']} search(es) served, {info['open']} running")
 
 
-@pool_app.command("up")
+@command(pool_app, "up", examples=("nas pool up", "nas search --ray-address auto"))
 @user_errors
 def pool_up(
     ray_address: RayAddressOpt = None,
-    slots: Annotated[int | None, typer.Option(help="Runners to keep.  [default: cluster CPUs / CPUs per trial]")] = None,
-    cpus_per_trial: Annotated[float, typer.Option(help="CPUs each runner holds.")] = 1.0,
-    gpus_per_trial: Annotated[float, typer.Option(help="GPUs each runner holds.")] = 0.0,
+    slots: Annotated[int | None, typer.Option(metavar="N", help="Runners to keep.  \\[default: cluster CPUs / CPUs per trial]")] = None,
+    cpus_per_trial: Annotated[float, typer.Option(metavar="N", help="CPUs each runner holds.")] = 1.0,
+    gpus_per_trial: Annotated[float, typer.Option(metavar="N", help="GPUs each runner holds.")] = 0.0,
 ) -> None:
     """Start warm runners (and a Ray cluster on this machine, if none is running)."""
     from nas import pool
@@ -61,7 +60,7 @@ def pool_up(
                   f"cluster: nas search --ray-address {how} ...", highlight=False)
 
 
-@pool_app.command("status")
+@command(pool_app, "status", examples=("nas pool status",))
 @user_errors
 def pool_status(ray_address: RayAddressOpt = None) -> None:
     """List the resident runners and the code they run."""
@@ -81,11 +80,11 @@ def pool_status(ray_address: RayAddressOpt = None) -> None:
                       "`nas pool up` renews them[/]")
 
 
-@pool_app.command("down")
+@command(pool_app, "down", examples=("nas pool down", "nas pool down --stop-ray"))
 @user_errors
 def pool_down(
     ray_address: RayAddressOpt = None,
-    stop_ray: Annotated[bool, typer.Option(help="Also stop that Ray cluster's processes on this machine.")] = False,
+    stop_ray: Annotated[bool, typer.Option(metavar="", help="Also stop that Ray cluster's processes on this machine.")] = False,
 ) -> None:
     """Stop the resident runners."""
     from nas import pool

@@ -10,7 +10,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from nas.errors import UserError, mask_url
-from nas.samplers import parse_options, sampler_options
+from nas.sampler_options import parse_options, sampler_options
+
+# Kept light: the CLI imports this module before every command, so `workers` and the space
+# schema are imported where they are needed, not here (and nothing here imports optuna).
 
 SAMPLERS = ("tpe", "random", "gp", "nsga2", "qmc", "grid", "evolution")
 PRUNERS = ("asha", "hyperband", "median", "none")
@@ -109,6 +112,21 @@ class SearchConfig(BaseModel):
             sampler_options(info.data["sampler"], v)
         return dict(v)
 
+    @field_validator("train")
+    @classmethod
+    def _train(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # Only the keys, so that a typo is named with its line: the values are checked with
+        # the space's recipe defaults, by `workers.TrainConfig`, where the search builds its
+        # recipe. `recipe_id` (written by some exports) is ignored there too.
+        if not v:
+            return v
+        unknown = [k for k in v if k not in train_keys() and k != "recipe_id"]
+        if unknown:
+            raise ValidationError.from_exception_data(
+                "train", [{"type": "extra_forbidden", "loc": (k,), "input": v[k]} for k in unknown]
+            )
+        return v
+
     @field_validator("pruner")
     @classmethod
     def _pruner(cls, v: str | None) -> str | None:
@@ -182,50 +200,141 @@ class SearchConfig(BaseModel):
         return data
 
 
-def _format_validation(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        flag = "--" + loc.replace("_", "-")
+def train_keys() -> tuple[str, ...]:
+    """The keys of the `train:` mapping: the fields of `workers.TrainConfig`, in its order."""
+    from dataclasses import fields
+
+    from workers.config import TrainConfig
+
+    return tuple(f.name for f in fields(TrainConfig))
+
+
+class FileValues(dict):
+    """The options of a config file (top-level keys with `_`), and the line of each key.
+
+    `lines` maps a key's path, e.g. `("train", "epochs")`, to its 1-based line, so that an
+    error names where in the file to look.
+    """
+
+    def __init__(self, values: dict[str, Any], lines: dict[tuple[str, ...], int]) -> None:
+        super().__init__(values)
+        self.lines = lines
+
+
+def _key_lines(node: yaml.Node, path: tuple[str, ...] = ()) -> dict[tuple[str, ...], int]:
+    lines: dict[tuple[str, ...], int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            if isinstance(key_node, yaml.ScalarNode):
+                key = key_node.value if path else key_node.value.replace("-", "_")
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                lines.update(_key_lines(value_node, (*path, key)))
+    return lines
+
+
+def _flag(key: str) -> str:
+    return "--" + key.replace("_", "-")
+
+
+def _unknown_key(loc: tuple[str, ...], source: str) -> str:
+    """`unknown key `X`; did you mean `Y`? allowed: ...`, for a key at the top or in `train`."""
+    from search_spaces.space_schema import did_you_mean
+
+    key, in_train = loc[-1], loc[:-1] == ("train",)
+    allowed = train_keys() if in_train else tuple(sorted(SearchConfig.model_fields))
+    if source == "flags":  # only a caller's typo: Typer has checked the command line's
+        flags = [_flag(k) for k in allowed]
+        hint = did_you_mean(_flag(key), flags)
+        return f"unknown option `{_flag(key)}`; {hint}allowed: {', '.join(flags)}"
+    hint = did_you_mean(key, allowed)
+    if not hint and in_train and key in SearchConfig.model_fields:
+        hint = f"did you mean the top-level `{key}` (not under `train:`)? "
+    elif not hint and not in_train and key in train_keys():
+        hint = f"did you mean `train.{key}` (training settings go under `train:`)? "
+    where = " in `train`" if in_train else ""
+    return f"unknown key `{'.'.join(loc)}`; {hint}allowed{where}: {', '.join(allowed)}"
+
+
+def _format_validation(exc: ValidationError, source: str, lines: dict[tuple[str, ...], int]) -> str:
+    """One line: every error, with the line of its key where the file gave it."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(str(p) for p in err["loc"])
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        at = f"line {line}: " if line else ""
+        if err["type"] == "extra_forbidden" and loc:
+            parts.append(f"{source}: {at}{_unknown_key(loc, source)}")
+            continue
         msg = err["msg"].removeprefix("Value error, ")
-        got = err.get("input")
-        where = f"`{loc}`" if source != "flags" else f"`{flag}`"
-        if err["type"] == "extra_forbidden":
-            allowed = ", ".join(sorted(SearchConfig.model_fields))
-            lines.append(f"{source}: unknown key {where}; allowed: {allowed}")
+        if source == "flags" and loc:
+            where = f"`{_flag(loc[-1] if loc[0] == 'train' else loc[0])}`"
         else:
-            lines.append(f"{source}: {where} got {got!r}: {msg}")
-    return "; ".join(lines)
+            where = f"`{'.'.join(loc) or '(top level)'}`"
+        parts.append(f"{source}: {at}{where} got {err.get('input')!r}: {msg}")
+    return "; ".join(parts)
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a search YAML file (safe loader: no Python objects)."""
+def load_config_file(path: str | Path) -> FileValues:
+    """Read a search YAML file (safe loader: no Python objects), remembering each key's line.
+
+    Raises:
+        UserError: no such file, not YAML (naming the line and column), or not a mapping.
+    """
     p = Path(path)
     if not p.is_file():
         raise UserError(f"config file `{p}` does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p}: cannot read the config file: {exc}") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()  # the node tree (every key's line), nothing built yet
+        data = loader.construct_document(node) if node is not None else None  # = safe_load
     except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UserError(f"{p}: not valid YAML: {first}") from None
+        from search_spaces.space_schema import yaml_error_text
+
+        raise UserError(f"{p}: {yaml_error_text(exc)}") from None
+    finally:
+        loader.dispose()
+    if data is None:  # an empty file: every default
+        data = {}
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping of options at the top level")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    values = {str(k).replace("-", "_"): v for k, v in data.items()}
+    return FileValues(values, _key_lines(node) if node is not None else {})
 
 
 def build_config(file_values: dict[str, Any], flag_values: dict[str, Any], source: str) -> SearchConfig:
-    """Merge file values with flags (flags win; `train` mappings merge key by key)."""
+    """Merge file values with flags (flags win; `train` mappings merge key by key).
+
+    Args:
+        file_values: from `load_config_file` (a plain dict works too, without line numbers).
+        flag_values: option -> value, None for a flag not given; `train` is a mapping.
+        source: what errors name: the config file's path, or "flags".
+
+    Raises:
+        UserError: one line naming every bad key (with its line in the file) or value.
+    """
     merged = dict(file_values)
-    train = dict(merged.get("train") or {})
+    lines = dict(getattr(file_values, "lines", {}))
+    train = merged.get("train") or {}
+    train = dict(train) if isinstance(train, dict) else train  # else pydantic names it
     for key, value in flag_values.items():
         if value is None:
             continue
         if key == "train":
-            train.update({k: v for k, v in value.items() if v is not None})
+            given = {k: v for k, v in value.items() if v is not None}
+            if isinstance(train, dict):
+                train.update(given)
+            overridden = {("train", k) for k in given}
         else:
             merged[key] = value
+            overridden = {(key,)}
+        # A value from a flag has no line in the file.
+        lines = {p: n for p, n in lines.items() if not any(p[:len(o)] == o for o in overridden)}
     merged["train"] = train
     try:
         return SearchConfig(**merged)
     except ValidationError as exc:
-        raise UserError(_format_validation(exc, source)) from None
+        raise UserError(_format_validation(exc, source, lines)) from None

@@ -21,11 +21,20 @@ class TrialEvent:
     duration_s: float | None = None
     reason: str | None = None
     cached_from: int | None = None  # the store run (nas_runs.id) that answered it
+    cached_from_trial: int | None = None  # ... its trial number
+    cached_from_study: str | None = None  # ... and study, when not this one
     retry_of: int | None = None
     host: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+    def answered_by(self) -> str:
+        """Which trial a duplicate's answer came from, as a person reads it."""
+        if self.cached_from_trial is None:
+            return f"run {self.cached_from}"
+        where = f" of study {self.cached_from_study}" if self.cached_from_study else ""
+        return f"trial {self.cached_from_trial}{where}"
 
 
 @dataclass
@@ -34,12 +43,13 @@ class SearchSummary:
 
     study: str
     storage: str
-    status: str  # finished | interrupted | budget
+    status: str  # finished | interrupted | budget | stopped (by `nas stop`)
     counts: dict[str, int] = field(default_factory=dict)
     best: list[dict[str, Any]] = field(default_factory=list)
     wall_s: float = 0.0
     compute_s: float = 0.0
-    trials_in_study: int = 0
+    trials_in_study: int = 0  # every Optuna trial, skipped candidates and retries included
+    counted: int = 0  # those that count toward --trials
 
 
 class Progress:
@@ -47,6 +57,7 @@ class Progress:
 
     def start(self, info: dict[str, Any]) -> None: ...
     def trial(self, event: TrialEvent, counts: dict[str, int], best: dict[str, Any] | None) -> None: ...
+    def launched(self, number: int, summary: str) -> None: ...
     def epoch(self, number: int, epoch: int, metrics: dict[str, Any]) -> None: ...
     def tick(self, status: dict[str, Any]) -> None: ...
     def stop(self) -> None: ...

@@ -18,7 +18,8 @@ from optuna.distributions import (
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-MUTATIONS = ("one", "per_param")
+from nas.sampler_options import MUTATIONS
+
 # Redraws of a log-scaled or float parameter before a mutation settles for "any other value".
 _REDRAWS = 32
 

@@ -11,6 +11,12 @@ from nas.errors import UserError
 
 # Successive halving: keep the best 1/REDUCTION_FACTOR at rungs 1, 3, 9, ... epochs.
 REDUCTION_FACTOR = 3
+# A rung prunes only once this many trials (the one deciding included) have reached it:
+# before that "the best third" is a ranking of a few noisy curves, and a short search ends
+# with nearly nothing trained (12 trials of 8 epochs: 2.7 complete under plain ASHA, 6.1
+# with 6, never fewer than 5; at 0.64 of the compute of no pruning). Measured with
+# `python -m bench.defaults` (bench/README.md).
+MIN_AT_RUNG = 6
 
 
 def make_pruner(name: str, epochs: int) -> optuna.pruners.BasePruner:
@@ -40,8 +46,10 @@ class CostAwareHalving:
     accuracy is within the best 1/REDUCTION_FACTOR of those competitors.
     """
 
-    def __init__(self, epochs: int, reduction_factor: int = REDUCTION_FACTOR) -> None:
+    def __init__(self, epochs: int, reduction_factor: int = REDUCTION_FACTOR,
+                 min_at_rung: int = MIN_AT_RUNG) -> None:
         self.rf = reduction_factor
+        self.min_at_rung = min_at_rung
         self.rungs = set()
         r = 1
         while r < epochs:
@@ -64,7 +72,7 @@ class CostAwareHalving:
         ]
         self.record(epoch, costs, accuracy)
         competitors.append(accuracy)
-        if len(competitors) < 2:
+        if len(competitors) < 2 or len(self._seen[epoch]) < self.min_at_rung:
             return False
         ranked = sorted(competitors, reverse=True)
         keep = max(len(ranked) // self.rf, 1)
@@ -74,9 +82,13 @@ class CostAwareHalving:
 class PruningRule:
     """The decision for one epoch report of one trial, whichever rule the search uses."""
 
-    def __init__(self, name: str, *, epochs: int, multi_objective: bool) -> None:
+    def __init__(self, name: str, *, epochs: int, multi_objective: bool,
+                 min_at_rung: int = MIN_AT_RUNG) -> None:
         self.name, self.epochs, self.multi_objective = name, epochs, multi_objective
-        self.halving = CostAwareHalving(epochs) if multi_objective and name != "none" else None
+        self.min_at_rung = min_at_rung
+        self._reached: defaultdict[int, set[int]] = defaultdict(set)  # epoch -> trials at it
+        self.halving = (CostAwareHalving(epochs, min_at_rung=min_at_rung)
+                        if multi_objective and name != "none" else None)
 
     @property
     def active(self) -> bool:
@@ -96,4 +108,17 @@ class PruningRule:
         if self.multi_objective:  # Optuna keeps no curve for several objectives
             return False
         trial.report(accuracy, epoch)  # the dashboard's learning curve, pruned or not
-        return self.active and epoch < self.epochs and trial.should_prune()
+        self._reached[epoch].add(trial.number)  # a step reported twice (a retry) counts once
+        if not (self.active and epoch < self.epochs):
+            return False
+        # Asked even while the rung fills: Optuna's halving records the trial's rung then.
+        prune = trial.should_prune()
+        return prune and len(self._reached[epoch]) >= self.min_at_rung
+
+    def resume(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        """Count the rungs earlier runs of the study reached, so that a resumed
+        single-objective search prunes as it would have without the break. (The
+        multi-objective halving keeps no curves in Optuna and starts its rungs afresh.)"""
+        for t in trials:
+            for step in t.intermediate_values:
+                self._reached[step].add(t.number)

@@ -128,7 +128,9 @@ class Recorder:
         self._update_best(run)
 
     def emit(self, s: Subject, state: str, *, values: list[float] | None = None,
-             run: RunRecord | None = None, reason: str | None = None, count: bool = True) -> None:
+             run: RunRecord | None = None, reason: str | None = None, count: bool = True,
+             source: RunRecord | None = None) -> None:
+        """Count `state` and tell the display; `source`: the run a duplicate's answer came from."""
         if count:
             self.counts[state] += 1
         event = TrialEvent(
@@ -137,6 +139,8 @@ class Recorder:
             flops=s.flops, duration_s=run.duration_s if run else None,
             reason=reason or (run.reason if run else None),
             cached_from=run.cached_from if run else None, retry_of=s.retry_of,
+            cached_from_trial=source.trial_number if source else None,
+            cached_from_study=source.study if source and source.study != self.study else None,
             host=run.host if run else None,
         )
         self.progress.trial(event, dict(self.counts), self.best)

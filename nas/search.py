@@ -23,7 +23,8 @@ from nas.errors import UserError
 from nas.events import Progress, SearchSummary, TrialEvent
 from nas.executors.base import Epoch, Executor, Job, Lost, Result
 from nas.executors.choose import ray_executor
-from nas.executors.replay import ReplayExecutor, replay_data, replay_recipe
+from nas.executors.replay import ReplayExecutor
+from nas.inputs import Inputs, resolve_inputs
 from nas.loop import drive, stop_signals
 from nas.proposer import Proposal, Proposer, resolve_architecture
 from nas.pruning import PruningRule
@@ -38,10 +39,6 @@ from nas.study import (
     open_storage,
     open_study,
 )
-from nas.tables import Table, open_table
-from search_spaces import SearchSpace, load_space
-from workers import TrainConfig, dataset_info
-from workers.data import DatasetInfo
 
 __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
 
@@ -50,46 +47,11 @@ TrialState = optuna.trial.TrialState
 MAX_CONSECUTIVE_INFEASIBLE = 200
 
 
-def _load_space(name: str) -> SearchSpace:
-    try:
-        return load_space(name)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-
-
 def _impossible(space: str, limits: dict[str, int | None]) -> str:
     lims = ", ".join(f"{k.replace('_', '-')}={v:,}" for k, v in limits.items() if v)
-    return (
-        f"the last {MAX_CONSECUTIVE_INFEASIBLE} candidates of space `{space}` all broke the "
-        f"constraints ({lims}); the constraints look impossible for this space. Raise "
-        "--max-params/--max-flops or choose a smaller space."
-    )
-
-
-def _replay_table(config: SearchConfig, space: SearchSpace) -> Table:
-    table = open_table(config.replay, storage=config.storage)
-    if table.space != space.name:
-        raise UserError(f"--replay {config.replay} holds architectures of space "
-                        f"`{table.space}`, not `{space.name}`: search it with "
-                        f"--space {table.space_source or table.space}")
-    return table
-
-
-def _recipe_and_data(config: SearchConfig, space: SearchSpace,
-                     table: Table | None) -> tuple[TrainConfig, DatasetInfo]:
-    try:
-        # The space's recipe defaults (e.g. AdamW for ConvNeXt), then the user's settings.
-        train = ({**space.train, **config.train} if table is None
-                 else replay_recipe(table, config.train))
-        recipe = TrainConfig.from_dict(train)
-    except ValueError as exc:
-        where = f" (with `train` of space {space.source})" if space.train else ""
-        raise UserError(f"training recipe{where}: {exc}") from None
-    try:
-        data = dataset_info(recipe) if table is None else replay_data(table, recipe.dataset)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    return recipe, data
+    return (f"the last {MAX_CONSECUTIVE_INFEASIBLE} candidates of space `{space}` all broke the "
+            f"constraints ({lims}); the constraints look impossible for this space. Raise "
+            "--max-params/--max-flops or choose a smaller space.")
 
 
 class Search:
@@ -97,14 +59,16 @@ class Search:
 
     def __init__(self, config: SearchConfig, *, progress: Progress | None = None,
                  executor: Executor | None = None,
-                 optuna_storage: optuna.storages.BaseStorage | None = None) -> None:
+                 optuna_storage: optuna.storages.BaseStorage | None = None,
+                 inputs: Inputs | None = None) -> None:
         self.config = config
         self.progress = progress or Progress()
         self.executor = executor  # given: tests (LocalExecutor); else chosen in `run`
-        # 1. everything a user can get wrong is checked before Ray starts.
-        self.space = _load_space(config.space)
-        self.table = None if config.replay is None else _replay_table(config, self.space)
-        self.recipe, self.data = _recipe_and_data(config, self.space, self.table)
+        # 1. everything a user can get wrong is checked before Ray starts (the CLI checks it
+        # even before importing this module: `inputs`).
+        inputs = inputs or resolve_inputs(config)
+        self.space, self.table, self.recipe, self.data = (inputs.space, inputs.table,
+                                                          inputs.recipe, inputs.data)
         self.input_size = tuple(self.data.input_size)
         self.epochs = self.recipe.epochs
         self.limits = {
@@ -145,7 +109,7 @@ class Search:
         self.pending: dict[str, Proposal] = {}  # key -> training on the executor
         self.ready: list[Proposal] = []  # duplicates whose original did not finish
         self.accounted = 0  # trials of earlier runs that count toward --trials
-        self.status = "finished"
+        self.status = "finished"  # | interrupted | failed | budget | stopped
         self._seq = 0
         self._infeasible_streak = 0
         self._started = 0.0
@@ -162,7 +126,8 @@ class Search:
             close_orphan(t, study=self.study, store=self.store, recorder=self.recorder,
                          proposer=self.proposer, recipe=self.recipe,
                          max_retries=self.config.max_retries)
-        self.accounted = counted_trials(self.study.get_trials(deepcopy=False))
+        self.accounted = counted_trials(trials := self.study.get_trials(deepcopy=False))
+        self.pruning.resume(trials)
         for run in self.store.runs(self.config.study):
             self.cache.remember(run)
             self.recorder.seen(run)
@@ -180,9 +145,7 @@ class Search:
                                                  host=socket.gethostname(), pid=os.getpid())
         self.recorder = Recorder(self.store, cfg.study, input_size=self.input_size,
                                  search_id=self.search_id, progress=self.progress)
-        ray_started = ""
-        executor = self.executor
-        self.runners_note = None
+        ray_started, executor, self.runners_note = "", self.executor, None
         try:
             self._recover()
             try:
@@ -204,7 +167,7 @@ class Search:
             self.progress.start({
                 "study": cfg.study, "storage": self.store.display_url, "target": cfg.trials,
                 "already": self.accounted, "slots": executor.capacity, "space": self.space.name,
-                "pruner": self.pruning.name, "sampler": cfg.sampler,
+                "pruner": self.pruning.name, "sampler": cfg.sampler, "epochs": self.epochs,
                 "objectives": list(cfg.objectives), "timeout_s": cfg.timeout,
                 "compute_budget_s": (cfg.max_compute_hours or 0) * 3600 or None,
                 "runners": info.get("runners", 0), "runners_note": self.runners_note,
@@ -219,23 +182,17 @@ class Search:
             self.status = "failed"
             raise
         finally:
-            self.progress.stop()
             try:
-                self.store.end_search(self.search_id,
-                                      "finished" if self.status == "budget" else self.status)
-            finally:
-                if executor is not None and self.executor is executor:
-                    executor.close()
-                if ray_started:
-                    import ray
-
-                    ray.shutdown()
+                self.progress.stop()
+            finally:  # even when the display fails, the search row and Ray are closed
+                _close(self, executor, ray_started)
         return SearchSummary(
             study=cfg.study, storage=self.store.display_url, status=self.status,
             counts=dict(self.recorder.counts),
             best=best_trials(self.study, self.store, cfg.objectives),
             wall_s=time.time() - started, compute_s=self.recorder.compute_s,
             trials_in_study=len(self.study.get_trials(deepcopy=False)),
+            counted=counted_trials(self.study.get_trials(deepcopy=False)),
         )
 
     # -- Work: what the loop asks of a search ----------------------------------------------------
@@ -246,7 +203,7 @@ class Search:
         return self.config.trials - (self.accounted + done + outstanding)
 
     def _may_propose(self, now: float) -> bool:
-        if self.status == "budget":
+        if self.status in ("budget", "stopped"):
             return False
         budget_s = (self.config.max_compute_hours or math.inf) * 3600
         if now >= self._deadline or self.recorder.compute_s >= budget_s:
@@ -256,6 +213,10 @@ class Search:
 
     def fill(self, free: int, now: float) -> list[Job]:
         out: list[Job] = []
+        if self.status == "stopped":  # `nas stop`: nothing new trains; a resume retries these
+            for p in self.ready:
+                self._give_up(p, "stopped")
+            self.ready = []
         while self.ready and len(out) < free:
             request = self._launch(self.ready.pop(0))
             if request is not None:
@@ -298,17 +259,19 @@ class Search:
         key = f"{p.number}:{self._seq}"
         self.pending[key] = p
         self.cache.started(p.key)
-        return Job(key, p.spec.to_dict(), self.recipe.to_dict(),
-                            prunable=self.pruning.active)
+        self.progress.launched(p.number, p.spec.summary())
+        return Job(key, p.spec.to_dict(), self.recipe.to_dict(), prunable=self.pruning.active)
 
     def _answer_from(self, p: Proposal, source: RunRecord) -> None:
         subject = self._subject(p)
         run = self.recorder.answered(subject, source)
-        p.trial.set_user_attr("cached_from_run", run.cached_from)
+        # The dashboard shows user attributes: the trial a person can look up, not a row id.
+        p.trial.set_user_attr("cached_from", source.trial_number if source.study == self.config.study
+                              else f"{source.study} trial {source.trial_number}")
         values = self.proposer.tell(p, source.state if source.state in ("complete", "pruned")
                                     else "failed", accuracy=source.val_accuracy,
                                     latency_ms=source.latency_ms)
-        self.recorder.emit(subject, "cached", values=values, run=run)
+        self.recorder.emit(subject, "cached", values=values, run=run, source=source)
 
     def finished(self, now: float) -> bool:
         if self.pending or self.ready or self.cache.all_waiting():
@@ -329,6 +292,8 @@ class Search:
         subject = self._subject(p)
         run = self.recorder.result(subject, result)
         acc = result.get("val_accuracy")
+        if run.duration_s is not None:  # the dashboard's own duration also holds the queueing
+            p.trial.set_user_attr("train_seconds", round(run.duration_s, 2))
         state = run.state
         if state == "complete" and (acc is None or not math.isfinite(acc)):
             state = "failed"
@@ -376,6 +341,8 @@ class Search:
             return
         self._next_beat = now + self.config.heartbeat_s
         self.store.heartbeat(self.search_id)
+        if self.status == "finished" and self.store.stop_requested(self.search_id):  # nas stop
+            self.status = "stopped"  # propose no more, finish what runs
         self.progress.tick({
             "elapsed_s": now - self._started, "busy": running,
             "slots": self.executor.capacity if self.executor else 0,
@@ -384,8 +351,22 @@ class Search:
         })
 
 
+def _close(search: Search, executor: Executor | None, ray_started: str) -> None:
+    """Record how `search` ended; close its executor and the Ray it started."""
+    try:
+        ended = {"budget": "finished", "stopped": "interrupted"}
+        search.store.end_search(search.search_id, ended.get(search.status, search.status))
+    finally:
+        if executor is not None and search.executor is executor:
+            executor.close()
+        if ray_started:
+            import ray
+
+            ray.shutdown()
+
+
 def run_search(config: SearchConfig, *, progress: Progress | None = None,
-               executor: Executor | None = None) -> SearchSummary:
+               executor: Executor | None = None, inputs: Inputs | None = None) -> SearchSummary:
     """Run (or resume) the search `config` describes; see the module docstring.
 
     Args:
@@ -393,5 +374,6 @@ def run_search(config: SearchConfig, *, progress: Progress | None = None,
         progress: display hooks (`nas.progress`); none by default.
         executor: where trials run; default Ray (resident runners of a joined cluster that
             has them, else one Ray task per trial).
+        inputs: `nas.inputs.resolve_inputs(config)`, if the caller has checked them already.
     """
-    return Search(config, progress=progress, executor=executor).run()
+    return Search(config, progress=progress, executor=executor, inputs=inputs).run()

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any, TextIO
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from db import RunRecord, Store, StoreError
 from db.store import record_fields
+from nas.consoles import console_for
 
 FORMATS = ("table", "csv", "json")
 
@@ -99,6 +99,7 @@ def print_trials(
             row["extra"] = json.dumps(row["extra"], sort_keys=True)
             writer.writerow(["" if row[n] is None else row[n] for n in names])
         return
+    sources = {i: store.get_run(i) for i in {r.cached_from for r in runs} - {None}}
     table = Table(title=escape(f"study {study} ({len(runs)} runs)"))
     for name, justify in (
         ("trial", "right"),
@@ -116,7 +117,10 @@ def print_trials(
     for run in runs:
         note = run.reason or ""
         if run.cached_from is not None:
-            note = f"cached from run {run.cached_from}"
+            source = sources.get(run.cached_from)
+            note = (f"cached from run {run.cached_from}" if source is None else
+                    f"cached from trial {source.trial_number}"
+                    + ("" if source.study == study else f" of study {source.study}"))
         elif run.retry_of is not None:
             note = f"retry of trial {run.retry_of}" + (f"; {note}" if note else "")
         table.add_row(
@@ -131,13 +135,17 @@ def print_trials(
             escape(run.arch_id),
             escape(note),
         )
-    Console(file=out).print(table)
+    console_for(out).print(table)
 
 
-def print_status(store: Store, *, file: TextIO | None = None, now: float | None = None) -> None:
-    """One row per study: runs by state, cached, best accuracy, running searches' heartbeats."""
+def print_status(store: Store, *, file: TextIO | None = None, now: float | None = None,
+                 queue: dict[str, dict[str, int]] | None = None) -> None:
+    """One row per study: runs by state, retried, cached, best accuracy, running searches'
+    heartbeats; with `queue` (Optuna's side: {study: {"infeasible": n, "waiting": n}}) also
+    the candidates skipped over a budget and the trials waiting to run."""
     now = time.time() if now is None else now
-    console = Console(file=file if file is not None else sys.stdout)
+    queue = queue or {}
+    console = console_for(file)
     studies = store.studies()
     if not studies:
         console.print(escape(f"no studies in {store.display_url}"))
@@ -148,7 +156,10 @@ def print_status(store: Store, *, file: TextIO | None = None, now: float | None 
         "complete",
         "pruned",
         "failed",
+        "retried",
         "running",
+        "waiting",
+        "infeasible",
         "cached",
         "best acc",
         "last activity",
@@ -164,6 +175,7 @@ def print_status(store: Store, *, file: TextIO | None = None, now: float | None 
                     searches.append(
                         escape(f"#{search.id} {search.host or '?'}:{search.pid or '?'} ")
                         + f"heartbeat {_age(age)}"
+                        + (" (stopping: `nas stop`)" if search.stopping else "")
                     )
         last = item["last_activity"]
         table.add_row(
@@ -171,7 +183,10 @@ def print_status(store: Store, *, file: TextIO | None = None, now: float | None 
             str(item["runs"]["complete"]),
             str(item["runs"]["pruned"]),
             str(item["runs"]["failed"]),
+            str(item["retried"]),
             str(item["runs"]["running"]),
+            str(queue.get(item["name"], {}).get("waiting", "-")),
+            str(queue.get(item["name"], {}).get("infeasible", "-")),
             str(item["cached"]),
             _fmt(item["best_val_accuracy"]),
             _age(None if last is None else now - last),

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from db import Store, StoreError
+from db.store import STALE_HEARTBEATS  # older: the search is taken as dead
 from nas.errors import UserError, mask_url
 from search_spaces import ArchitectureSpec
 
@@ -28,8 +29,6 @@ OBJECTIVE_DIRECTIONS = {
     "latency": "minimize",
 }
 # Metric names the dashboard shows instead of "Objective 0".
-# A search whose heartbeat is older than this many heartbeat intervals is taken as dead.
-STALE_HEARTBEATS = 3
 OBJECTIVE_NAMES = {"accuracy": "val_accuracy", "params": "params", "flops": "macs",
                    "latency": "latency_ms"}
 

@@ -393,7 +393,9 @@ def _parse_yaml(text: str, source: str) -> Any:
             )
         return loader.construct_document(node)  # what `safe_load` does, from the same parse
     except yaml.YAMLError as exc:
-        raise SpaceError(f"{source}: not valid YAML: {exc}") from None
+        from search_spaces.space_schema import yaml_error_text
+
+        raise SpaceError(f"{source}: {yaml_error_text(exc)}") from None
     finally:
         loader.dispose()
 

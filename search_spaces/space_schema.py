@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+from collections.abc import Callable, Iterable
 from dataclasses import MISSING, dataclass, fields
 from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar, Union
 
+import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -92,9 +94,51 @@ class Choice:
 
 
 # -- errors in our words -------------------------------------------------------------------
-def _error(loc: tuple[str | int, ...], value: Any, allowed: str) -> InitErrorDetails:
-    """One line error at `loc` (relative to the value being validated)."""
-    kind = PydanticCustomError("not_allowed", "{allowed}", {"allowed": allowed})
+def did_you_mean(key: Any, allowed: Iterable[str]) -> str:
+    """The hint 'did you mean `X`? ' for the allowed key nearest to `key`, or '' if none is."""
+    close = difflib.get_close_matches(str(key), list(allowed), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+# What a YAML parser's problem usually means, in the words of the one who wrote the file.
+_YAML_HINTS = (
+    ("'\\t'", "YAML indents with spaces, never tabs"),
+    ("a tab character", "YAML indents with spaces, never tabs"),  # libyaml's wording
+    ("mapping values are not allowed", "a key indented deeper than the one above it, or a "
+     "value with ': ' in it that needs quotes"),
+    ("expected <block end>", "the keys of one mapping must line up"),
+)
+_TAG_PROBLEM = "could not determine a constructor for the tag "
+
+
+def yaml_error_text(exc: yaml.YAMLError) -> str:
+    """`line L, column C: not valid YAML: <problem> (<hint>)`, 1-based, on one line.
+
+    Args:
+        exc: what PyYAML raised; one without a position (rare) gives its first line.
+    """
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is None or not problem:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return f"not valid YAML: {first}"
+    hints = [hint for needle, hint in _YAML_HINTS if needle in problem]
+    if problem.startswith(_TAG_PROBLEM):  # a tag the safe loader does not construct
+        tag = problem.removeprefix(_TAG_PROBLEM).replace("tag:yaml.org,2002:", "!!")
+        problem = f"the tag {tag} is not allowed"
+        hints.append("plain YAML values only; Python objects are never loaded")
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and start is not None and (start.line, start.column) != (mark.line, mark.column):
+        hints.append(f"{context} at line {start.line + 1}, column {start.column + 1}")
+    hint = f" ({'; '.join(hints)})" if hints else ""
+    return f"line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {problem}{hint}"
+
+
+def _error(
+    loc: tuple[str | int, ...], value: Any, allowed: str, hint: str = ""
+) -> InitErrorDetails:
+    """One line error at `loc` (relative to the value being validated); `hint` goes first."""
+    kind = PydanticCustomError("not_allowed", "{allowed}", {"allowed": allowed, "hint": hint})
     return {"type": kind, "loc": loc, "input": value}
 
 
@@ -259,7 +303,8 @@ def _every_edge(edges: dict[str, Choice]) -> dict[str, Choice]:
                f"edge of the cell, {', '.join(CELL_EDGES)})")
         for edge in CELL_EDGES if edge not in edges
     ] + [
-        _error((key,), edges[key].to_data(), f"an edge {' | '.join(CELL_EDGES)} (unknown key)")
+        _error((key,), edges[key].to_data(), f"an edge {' | '.join(CELL_EDGES)} (unknown key)",
+               did_you_mean(key, CELL_EDGES))
         for key in edges if key not in CELL_EDGES
     ]
     if errors:
@@ -464,13 +509,14 @@ def _key(loc: tuple[str | int, ...]) -> str:
 
 
 def _line(err: Any, source: str) -> str:
-    loc, value = tuple(err["loc"]), err.get("input")
+    loc, value, hint = tuple(err["loc"]), err.get("input"), ""
     holder = _holder(loc[:-1]) if loc else None
     field = holder.model_fields.get(str(loc[-1])) if holder else None
     if err["type"] == "not_allowed":
-        allowed = err["ctx"]["allowed"]
+        allowed, hint = err["ctx"]["allowed"], err["ctx"].get("hint", "")
     elif err["type"] in ("extra_forbidden", "invalid_key") and holder:
         allowed = f"known keys {', '.join(holder.model_fields)} (unknown key)"
+        hint = did_you_mean(loc[-1], holder.model_fields)
         if holder is StageChoices and loc[-1] == "ops":
             allowed += "; a cell's ops are chosen per edge in the top-level `cell` mapping"
         loc = (*loc[:-1], str(loc[-1]))  # an unknown key is named as written, never `[1]`
@@ -479,7 +525,7 @@ def _line(err: Any, source: str) -> str:
         value = None if err["type"] == "missing" else value
     else:
         allowed = _GENERIC.get(err["type"], err["msg"].removeprefix("Value error, "))
-    return f"{source}: `{_key(loc)}` got {value!r}; allowed: {allowed}"
+    return f"{source}: `{_key(loc)}` got {value!r}; {hint}allowed: {allowed}"
 
 
 def format_errors(exc: ValidationError, source: str) -> str:

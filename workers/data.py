@@ -12,13 +12,15 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from workers.config import TrainConfig
 from workers.errors import DataError
+
+if TYPE_CHECKING:  # torch loads when tensors are made: a bad dataset is reported without it
+    import torch
 
 SPLIT_SEED = 20240607  # the train/val split never depends on the trial seed
 _CACHE_SIZE = 4  # datasets kept per process (CIFAR-10 as float32 is ~600 MB)
@@ -310,6 +312,7 @@ def _prepare(
     *,
     flip: bool,
 ) -> LoadedData:
+    import torch
     if x_val is None:
         order = np.random.default_rng(SPLIT_SEED).permutation(len(x_train))
         n_train, n_val = _split_sizes(len(x_train), val_fraction, name)
@@ -371,6 +374,7 @@ class TensorBatches:
         seed: int = 0,
         drop_last: bool = False,
     ) -> None:
+        import torch
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
         n = len(x)
@@ -382,6 +386,7 @@ class TensorBatches:
         return self.num_batches
 
     def __iter__(self):  # noqa: ANN204 - a generator of (x, y)
+        import torch
         n, b = len(self.x), self.batch_size
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
@@ -401,6 +406,7 @@ def augment_batch(x: torch.Tensor, *, flip: bool) -> torch.Tensor:
         x: (N, C, H, W) normalised images (zero padding = the channel mean).
         flip: also flip half of the samples horizontally.
     """
+    import torch
     n, _, h, w = x.shape
     pad = max(1, min(h, w) // 8)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -417,6 +423,7 @@ def augment_batch(x: torch.Tensor, *, flip: bool) -> torch.Tensor:
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    import torch
     if (
         x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)

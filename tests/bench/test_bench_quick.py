@@ -103,3 +103,11 @@ def test_search_efficiency_smoke_and_summary(results, tmp_path, monkeypatch):
     text = readme.read_text()
     assert "## Training throughput\n\nkept" in text and text.count(run.START) == 1
     assert "search efficiency" in text
+
+
+def test_defaults_smoke():
+    from bench import defaults
+
+    rows = defaults.main(["--smoke"])
+    assert len(rows) == 2 + len(defaults.SINGLE) + len(defaults.MULTI) + 1
+    assert all(row.count("|") == 7 for row in rows)

@@ -51,7 +51,7 @@ def test_table_shows_runs(store):
     out = io.StringIO()
     print_trials(store, "demo", file=out)
     text = out.getvalue()
-    assert "nan loss" in text and "cached from run" in text and "1.23M" in text
+    assert "nan loss" in text and "cached from trial 1" in text and "1.23M" in text
 
 
 def test_unknown_study_lists_the_known_ones(store):

@@ -372,3 +372,54 @@ def test_each_trial_carries_what_the_dashboard_shows(sqlite_url):
         assert attrs["arch_id"] == runs[t.number].arch_id
         assert f"({runs[t.number].params:,} params" in attrs["architecture"]
         assert sorted(t.intermediate_values) == [1, 2]  # the learning curve, without pruning
+
+
+# -- defaults and `nas stop` ------------------------------------------------------------------
+def test_a_rung_prunes_only_once_enough_trials_have_reached_it():
+    from nas.pruning import PruningRule
+
+    study = optuna.create_study(direction="maximize",
+                                pruner=PruningRule("asha", epochs=8,
+                                                   multi_objective=False).study_pruner())
+    rule = PruningRule("asha", epochs=8, multi_objective=False, min_at_rung=4)
+    decisions = []
+    for acc in (0.9, 0.2, 0.1, 0.05, 0.01):  # each worse than the one before
+        trial = study.ask()
+        decisions.append(rule.should_stop(trial, 1, acc, (0,)))
+    # The first three pass rung 1 whatever they score; from the fourth on, ASHA decides.
+    assert decisions == [False, False, False, True, True]
+    plain = PruningRule("asha", epochs=8, multi_objective=False, min_at_rung=1)
+    again = optuna.create_study(direction="maximize", pruner=plain.study_pruner())
+    assert [plain.should_stop(again.ask(), 1, a, (0,)) for a in (0.9, 0.2)] == [False, True]
+
+
+def test_a_short_default_search_trains_a_third_of_its_trials_to_the_end(sqlite_url, tmp_path):
+    # The README's first search: 12 trials of 8 epochs, 2 at a time, the default pruner;
+    # replayed on real digits training curves (bench/data/digits-curves.json.gz).
+    table = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "data",
+                         "digits-curves.json.gz")
+    from nas.tables import table_space
+
+    for seed in range(5):
+        url = f"sqlite:///{tmp_path / f's{seed}.db'}"
+        summary = run_search(build_config({}, {
+            "study": "short", "storage": url, "trials": 12, "workers": 2, "seed": seed,
+            "replay": table, "space": table_space(table), "train": {"epochs": 8}}, "flags"))
+        assert summary.counts["complete"] >= 4, (seed, summary.counts)
+
+
+def test_nas_stop_ends_a_search_after_the_trials_in_flight_and_a_resume_finishes(sqlite_url):
+    class StopAfterFirst(Progress):
+        def trial(self, event, counts, best):
+            if sum(counts.values()) == 1:
+                Store(sqlite_url).request_stop("loop")
+
+    cfg = config(sqlite_url, trials=10, heartbeat_s=5)
+    summary = run_search(cfg, progress=StopAfterFirst(), executor=LocalExecutor(curve))
+    assert summary.status == "stopped"
+    done = len(Store(sqlite_url).runs("loop"))
+    assert 2 <= done < 10  # what ran when the stop was seen finished; nothing new started
+    assert not [t for t in trials_of(sqlite_url) if t.state == optuna.trial.TrialState.RUNNING]
+    assert [s.status for s in Store(sqlite_url).searches("loop")] == ["interrupted"]
+    resumed = run_search(cfg, executor=LocalExecutor(curve))
+    assert resumed.status == "finished" and len(Store(sqlite_url).runs("loop")) == 10

@@ -221,7 +221,7 @@ def test_nas_search_replays_nasbench201_from_the_command_line(tmp_path):
          "12", "--seed", "1", "--storage", url, "--study", "nb", "-q"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "12 trials in the study" in result.stdout and "Traceback" not in result.stderr
+    assert "the study counts 12 of 12 trials" in result.stdout and "Traceback" not in result.stderr
     runs = Store(url).runs("nb")
     assert len(runs) == 12 and all(r.dataset == "replay:nasbench201:cifar10" for r in runs)
     assert all(r.state == "complete" and 0.05 < r.val_accuracy < 0.93 for r in runs)

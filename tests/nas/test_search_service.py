@@ -36,7 +36,7 @@ def _optuna_trials(url: str, study: str):
 
 
 def test_cost_aware_halving_only_compares_with_cheaper_candidates():
-    rule = CostAwareHalving(epochs=9)
+    rule = CostAwareHalving(epochs=9, min_at_rung=1)  # the comparison alone, no start-up
     # Three big, accurate models reach rung 1.
     for acc in (0.9, 0.92, 0.95):
         assert not rule.should_prune(1, (1_000_000.0,), acc) or acc < 0.95
@@ -46,6 +46,13 @@ def test_cost_aware_halving_only_compares_with_cheaper_candidates():
     assert rule.should_prune(1, (2_000_000.0,), 0.3) is True
     # Epochs between rungs never prune.
     assert rule.should_prune(2, (2_000_000.0,), 0.0) is False
+
+
+def test_cost_aware_halving_waits_until_enough_trials_reached_the_rung():
+    rule = CostAwareHalving(epochs=9, min_at_rung=4)
+    # The same losing big model: kept while the rung holds fewer than 4 trials.
+    assert [rule.should_prune(1, (1_000_000.0,), acc) for acc in (0.9, 0.1, 0.1)] == [False] * 3
+    assert rule.should_prune(1, (1_000_000.0,), 0.1) is True
 
 
 class KillFirstWorker(Progress):

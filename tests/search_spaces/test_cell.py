@@ -346,7 +346,7 @@ def test_a_space_mixes_cells_with_other_blocks_and_asks_only_varied_edges(tmp_pa
     ("edit", "pattern"),
     [
         (lambda d: d["cell"].pop("3<-2"), r"`cell.3<-2` got None; allowed: .*required: every edge"),
-        (lambda d: d["cell"].update({"4<-0": "none"}), r"`cell.4<-0` got 'none'; allowed: an edge"),
+        (lambda d: d["cell"].update({"4<-0": "none"}), r"`cell.4<-0` got 'none'; did you mean `3<-0`\? allowed: an edge"),
         (lambda d: d["cell"].update({"1<-0": ["none", "conv"]}), r"`cell.1<-0\[1\]` got 'conv'"),
         (lambda d: d.pop("cell"), r"`stages\[0\].block` got \['cell'\]; allowed: a cell only with"),
         (lambda d: d["shared"].update(block="basic"), r"`cell` got .*allowed: no `cell` where"),

@@ -266,11 +266,11 @@ STAGE_KEYS = "depth, width, stride, block, expansion, groups, width_per_group, s
 REFUSED = {
     "unknown-stage-key": (
         "stages:\n  - {depth: 1, width: 8, widht: 16}\n",
-        f"`stages[0].widht` got 16; allowed: known keys {STAGE_KEYS} (unknown key)",
+        f"`stages[0].widht` got 16; did you mean `width`? allowed: known keys {STAGE_KEYS} (unknown key)",
     ),
     "unknown-shared-key": (
         "shared: {dpeth: 2}\nstages:\n  - {depth: 1, width: 8}\n",
-        f"`shared.dpeth` got 2; allowed: known keys {STAGE_KEYS} (unknown key)",
+        f"`shared.dpeth` got 2; did you mean `depth`? allowed: known keys {STAGE_KEYS} (unknown key)",
     ),
     "unknown-range-key": (
         "stages:\n  - {depth: {low: 1, high: 5, by: 2}, width: 8}\n",
