@@ -24,26 +24,42 @@ class StoreError(Exception):
     """Anything the store could not do, with a readable message (passwords masked)."""
 
 
+# Connection parameters whose values are secrets, wherever they appear: libpq's and
+# psycopg's keywords, in a URL's query (`?password=`) or a conninfo string (`password=...`).
+SECRET_KEYS = ("password", "sslpassword")
+_USERINFO = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
+_SECRET_PARAM = re.compile(r"(?i)\b((?:ssl)?password)\s*=\s*('[^']*'|[^&\s]*)")
+
+
 def mask_raw_url(text: str) -> str:
-    """Hide `user:password@` in a URL string that may not even parse."""
-    return re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    """Hide `user:password@` and `password=...` / `sslpassword=...` in any text (a URL that
+    may not even parse, a conninfo string, a driver's error message)."""
+    return _SECRET_PARAM.sub(r"\1=***", _USERINFO.sub(r"\1***@", text))
 
 
 def display_url(url: URL | str) -> str:
-    """The URL as it may appear in logs, errors and output: password replaced by `***`."""
+    """The URL as it may appear in logs, errors, output and records: the password and any
+    secret query parameter replaced by `***`. The one masking function of resnas."""
     if isinstance(url, str):
         try:
             url = make_url(url)
-        except ArgumentError:
+        except (ArgumentError, ValueError):  # e.g. a port that is not a number
             return mask_raw_url(url)
-    return url.render_as_string(hide_password=True)
+    secret = {k: "***" for k in url.query if k.lower() in SECRET_KEYS}
+    if secret:
+        url = url.update_query_dict(secret)
+    return mask_raw_url(url.render_as_string(hide_password=True).replace("%2A%2A%2A", "***"))
 
 
 def scrub(text: str, url: URL | None) -> str:
-    """Remove the password of `url` from a message, wherever a driver may have put it."""
+    """Remove the secrets of `url` from a message, wherever a driver may have put them."""
     text = mask_raw_url(text)
-    if url is not None and url.password:
-        text = text.replace(str(url.password), "***")
+    if url is not None:
+        values = [url.password, *(url.query[k] for k in url.query if k.lower() in SECRET_KEYS)]
+        for value in values:
+            for one in (value,) if isinstance(value, str) else (value or ()):
+                if one:
+                    text = text.replace(str(one), "***")
     return text
 
 
@@ -62,7 +78,7 @@ def normalize_url(url: str | URL) -> URL:
     raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise StoreError(
             f"`storage` got {mask_raw_url(str(raw))!r}, which is not a database URL; "
             f"allowed: {ALLOWED_URLS}"

@@ -175,8 +175,9 @@ def _print_summary(summary: Any, config: Any) -> None:
     console.print(
         f"\n[bold]{summary.study}[/]: {summary.status} in {summary.wall_s:.1f}s "
         f"(trial compute {summary.compute_s:.1f}s) — this run: {c.get('complete', 0)} complete, "
-        f"{c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed, {c.get('cached', 0)} answered "
-        f"from the cache"
+        f"{c.get('pruned', 0)} pruned, {c.get('failed', 0)} failed"
+        + (f" ({c['retried']} more lost and retried)" if c.get("retried") else "")
+        + f", {c.get('cached', 0)} answered from the cache"
         + (f", {skipped} candidate(s) over budget skipped (never trained, not counted)"
            if skipped else "")
         + f"; the study counts {summary.counted} of {config.trials} trials",

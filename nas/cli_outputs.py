@@ -32,12 +32,14 @@ def export_cmd(
     pareto: Annotated[int | None, typer.Option(metavar="K", help="Export the K-th trial (0-based, by accuracy) of a multi-objective study's Pareto front (`nas best` lists them).  \\[default: none]")] = None,
     metric: Annotated[str | None, typer.Option(metavar="METRIC", help="Best by this run metric: val_accuracy | best_val_accuracy | val_loss | latency_ms | params | flops.  \\[default: val_accuracy]")] = None,
     formats: Annotated[str, typer.Option(metavar="LIST", help="Model formats to write (architecture/recipe/metrics JSON and README always): a subset of safetensors,model_py,onnx,pt2.")] = "safetensors,model_py,onnx,pt2",
+    force: Annotated[bool, typer.Option("--force", metavar="", help="Write into a directory that holds other files than a bundle's.")] = False,
 ) -> None:
     """Write the chosen trial as a bundle (safetensors, standalone model.py, ONNX, torch.export, model card), each format checked against the trained model."""
     from nas.export import FORMAT_FILES, export
 
     store = open_store(storage)
-    report = export(store, study, out, trial=trial, pareto=pareto, metric=metric, formats=formats)
+    report = export(store, study, out, trial=trial, pareto=pareto, metric=metric, formats=formats,
+                    force=force)
     acc = f"{report.val_accuracy:.4f}" if report.val_accuracy is not None else "-"
     source = "" if report.weights_from_run in (None, report.run_id) else f", weights of run {report.weights_from_run}"
     console.print(

@@ -3,7 +3,6 @@ Registered as commands of `nas` in `nas.cli`."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +17,7 @@ from nas.cli_common import (
     user_errors,
 )
 from nas.errors import UserError
+from nas.jsonfile import read_json
 
 
 @user_errors
@@ -41,7 +41,7 @@ def show(
         elif path.suffix == ".json" or path.is_file():
             if not path.is_file():
                 raise UserError(f"architecture file `{arch}` does not exist")
-            data = json.loads(path.read_text())
+            data = read_json(path)
             spec = ArchitectureSpec.from_dict(data.get("spec", data))
             recorded = data.get("input") if isinstance(data.get("input"), dict) else {}
             if size is None and recorded.get("height") and recorded.get("width"):

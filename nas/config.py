@@ -19,6 +19,7 @@ SAMPLERS = ("tpe", "random", "gp", "nsga2", "qmc", "grid", "evolution")
 PRUNERS = ("asha", "hyperband", "median", "none")
 OBJECTIVES = ("accuracy", "params", "flops", "latency")
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+RESERVED_SUFFIXES = (".retrain",)  # nas.retrain.RETRAIN_SUFFIX: `nas retrain`'s own studies
 
 
 class SearchConfig(BaseModel):
@@ -58,6 +59,9 @@ class SearchConfig(BaseModel):
                 "must start with a letter or digit and use only letters, digits, '_', '.', '-' "
                 "(at most 128 characters)"
             )
+        if v.endswith(RESERVED_SUFFIXES):
+            raise ValueError(f"names ending in {' or '.join(RESERVED_SUFFIXES)} are reserved "
+                             "for the studies `nas retrain` records")
         return v
 
     @field_validator("trials")

@@ -8,15 +8,8 @@ class UserError(Exception):
 
 
 def mask_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs, errors and records."""
-    try:
-        from sqlalchemy.engine import make_url
+    """The URL with its password and secret parameters replaced by ***, for logs, errors and
+    records: `db.engine.display_url`, the one masking function (SQLAlchemy loads on use)."""
+    from db.engine import display_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - not a URL SQLAlchemy understands: mask by hand
-        head, sep, tail = url.partition("://")
-        if sep and "@" in tail:
-            cred, _, host = tail.rpartition("@")
-            user = cred.split(":", 1)[0]
-            return f"{head}://{user}:***@{host}" if ":" in cred else url
-        return url
+    return display_url(url)

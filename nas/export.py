@@ -196,6 +196,28 @@ def retrain_hint(study: str, run: RunRecord, storage: str | None = None) -> str:
 
 
 # -- export ----------------------------------------------------------------------------------------
+# What a bundle directory holds (model.py's import leaves __pycache__ beside it).
+BUNDLE_FILES = frozenset({"architecture.json", "recipe.json", "metrics.json", "README.md",
+                          "__pycache__", *FORMAT_FILES.values()})
+
+
+def _bundle_dir(out: Path, *, force: bool) -> Path:
+    """`out`, checked before anything is trained or written: a directory that is empty, new,
+    or an earlier bundle (whose files are replaced); anything else only with `force`."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"`--out` {out} is a file; give a directory for the bundle")
+    if out.is_dir() and not force:
+        try:
+            foreign = sorted(p.name for p in out.iterdir() if p.name not in BUNDLE_FILES)
+        except OSError as exc:
+            raise UserError(f"cannot read the directory {out}: {exc.strerror or exc}") from None
+        if foreign:
+            listed = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise UserError(f"`--out` {out} holds files that are not a resnas bundle ({listed}); "
+                            "choose an empty or new directory, or --force to write beside them")
+    return out
+
+
 def export(
     store: Store,
     study: str,
@@ -205,6 +227,7 @@ def export(
     pareto: int | None = None,
     metric: str | None = None,
     formats: str | list[str] | tuple[str, ...] | None = None,
+    force: bool = False,
 ) -> ExportReport:
     """Write the bundle of `study`'s chosen run to `out` and check every format in it.
 
@@ -216,6 +239,7 @@ def export(
             complete run by validation accuracy.
         formats: which model formats to write (see `FORMATS`; default all). The JSON files and
             the README are always written. `model_py` brings `safetensors` along.
+        force: write into a directory that holds other files than a bundle's.
 
     Raises:
         UserError: nothing to export (unknown study or trial, no weights kept: the message
@@ -223,6 +247,7 @@ def export(
     """
     import torch
 
+    out = _bundle_dir(Path(out), force=force)
     wanted = list(parse_formats(formats))
     notes: list[str] = []
     if "model_py" in wanted and "safetensors" not in wanted:
@@ -249,8 +274,10 @@ def export(
         ) from None
     info = input_info(spec, recipe)
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create the bundle directory {out}: {exc.strerror or exc}") from None
     architecture = {
         "arch_id": spec.arch_id,
         "summary": spec.summary(),

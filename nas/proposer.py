@@ -10,6 +10,7 @@ import optuna
 
 from nas.cache import Key
 from nas.errors import UserError
+from nas.jsonfile import read_json
 from nas.samplers import AskTellGridSampler
 from search_spaces import ArchitectureSpec, SearchSpace, complexity, zoo
 
@@ -21,17 +22,16 @@ ANALYZE_AT = (100, 1000)
 
 def resolve_architecture(ref: str, *, in_channels: int, num_classes: int) -> ArchitectureSpec:
     """A zoo name or a path to an architecture.json, adapted to the dataset's shape."""
-    import json
     from pathlib import Path
 
     path = Path(ref)
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise UserError(f"architecture file `{ref}` does not exist")
+        data = read_json(path)
         try:
-            data = json.loads(path.read_text())
             spec = ArchitectureSpec.from_dict(data.get("spec", data))
-        except (ValueError, TypeError, AttributeError, RecursionError) as exc:
+        except (ValueError, TypeError, AttributeError) as exc:
             raise UserError(f"{ref}: not an architecture: {exc}") from None
     else:
         try:

@@ -41,6 +41,7 @@ class Recorder:
         self.progress = progress or Progress()
         self.counts = dict.fromkeys(STATES, 0)
         self.compute_s = 0.0
+        self.retried = 0  # lost trials handed to a retry (not counted as failed)
         self.best: dict[str, Any] | None = None
         self.saved_archs: set[str] = set()
 

@@ -3,13 +3,13 @@ architecture.json (with the recipe and origin its export bundle records)."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from db import RunRecord, Store
 from nas.errors import UserError
+from nas.jsonfile import read_json
 from nas.proposer import resolve_architecture
 from search_spaces import ArchitectureSpec
 
@@ -92,10 +92,10 @@ def candidate_from_file(path: Path) -> tuple[Candidate, str | None]:
     recipe: dict[str, Any] = {}
     recipe_file = path.parent / "recipe.json"
     if recipe_file.is_file():
-        try:
-            recipe = {k: v for k, v in json.loads(recipe_file.read_text()).items() if k != "recipe_id"}
-        except ValueError as exc:
-            raise UserError(f"{recipe_file}: not valid JSON: {exc}") from None
+        data = read_json(recipe_file)
+        if not isinstance(data, dict):
+            raise UserError(f"{recipe_file}: expected a JSON object of recipe fields")
+        recipe = {k: v for k, v in data.items() if k != "recipe_id"}
     try:
         config = TrainConfig.from_dict(recipe)
         data = dataset_info(config)
@@ -108,11 +108,11 @@ def candidate_from_file(path: Path) -> tuple[Candidate, str | None]:
     accuracy = fidelity = None
     if metrics_file.is_file():
         try:
-            metrics = json.loads(metrics_file.read_text())
+            metrics = read_json(metrics_file)
             if metrics.get("arch_id") == spec.arch_id and metrics.get("study"):
                 study = str(metrics["study"])
                 retrain_of.update(study=study, trial=metrics.get("trial"))
                 accuracy, fidelity = metrics.get("val_accuracy"), metrics.get("fidelity")
-        except ValueError:
+        except (UserError, AttributeError):  # not ours, or damaged: it only names the study
             pass
     return Candidate(spec, config.to_dict(), retrain_of, accuracy, fidelity), study

@@ -188,7 +188,7 @@ class Search:
                 _close(self, executor, ray_started)
         return SearchSummary(
             study=cfg.study, storage=self.store.display_url, status=self.status,
-            counts=dict(self.recorder.counts),
+            counts={**self.recorder.counts, "retried": self.recorder.retried},
             best=best_trials(self.study, self.store, cfg.objectives),
             wall_s=time.time() - started, compute_s=self.recorder.compute_s,
             trials_in_study=len(self.study.get_trials(deepcopy=False)),
@@ -324,7 +324,8 @@ class Search:
             return  # another process has closed it (this driver was taken for dead)
         retried = fail_trial(self.study, p.number, p.trial.params, p.trial.user_attrs,
                              max_retries=self.config.max_retries)
-        # A retried trial is accounted for by its retry.
+        # A retried trial is accounted for by its retry (and said in the summary).
+        self.recorder.retried += bool(retried)
         self.recorder.emit(subject, "failed", reason=reason + (" (retrying)" if retried else ""),
                            count=not retried)
 

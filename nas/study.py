@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 
 from db import Store, StoreError
+from db.engine import scrub
 from db.store import STALE_HEARTBEATS  # older: the search is taken as dead
 from nas.errors import UserError, mask_url
 from search_spaces import ArchitectureSpec
@@ -43,6 +44,21 @@ def real_url(url: str) -> str:
         raise UserError(str(exc)) from None
 
 
+def _first_line(exc: BaseException, url: str) -> str:
+    """What went wrong, in one line: Optuna's wrapper says "an exception is raised during
+    the commit" where the driver said "database disk image is malformed"; give both."""
+    def line(e: BaseException) -> str:
+        text = str(e).strip()
+        return text.splitlines()[0].strip() if text else type(e).__name__
+
+    out, cause = line(exc), exc.__cause__ or exc.__context__
+    while cause is not None and cause.__cause__ is not None:
+        cause = cause.__cause__
+    if cause is not None and line(cause) not in out:
+        out += f" ({type(cause).__name__}: {line(cause)})"
+    return scrub(out, None).replace(url, mask_url(url))
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """Optuna's storage on `url`, with `pool_pre_ping` for PostgreSQL (#5600) and the
     store's connection arguments."""
@@ -65,9 +81,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             real, engine_kwargs=engine_kwargs, skip_compatibility_check=new_sqlite_file(real)
         )
     except Exception as exc:  # noqa: BLE001 - Optuna wraps driver errors in many types
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        first = first.replace(real, mask_url(real))
-        raise UserError(f"cannot open the storage at {mask_url(url)}: {first}") from None
+        raise UserError(f"cannot open the storage at {mask_url(url)}: {_first_line(exc, real)}"
+                        ) from None
     if real.startswith("sqlite"):
         _sqlite_like_the_store(storage.engine)
     return storage

@@ -213,6 +213,7 @@ def _load_npz(path_text: str, val_fraction: float) -> LoadedData:
             f"labels out of range in {str(path)!r}: got {int(bad[0])}; allowed: 0..{num_classes - 1}"
             + ("" if "num_classes" in arrays else " (labels must be >= 0)")
         )
+
     return _prepare(
         f"npz:{path_text}", x_train, y_train, x_val, y_val, num_classes, val_fraction, flip=False
     )
@@ -313,6 +314,7 @@ def _prepare(
     flip: bool,
 ) -> LoadedData:
     import torch
+
     if x_val is None:
         order = np.random.default_rng(SPLIT_SEED).permutation(len(x_train))
         n_train, n_val = _split_sizes(len(x_train), val_fraction, name)
@@ -323,6 +325,10 @@ def _prepare(
             x_train[val_idx],
             y_train[val_idx],
         )
+    classes = np.unique(y_train)
+    if classes.size < 2:  # every network would score 1.0: there is nothing to search for
+        raise DataError(f"dataset `{name}`: its training split holds one class only "
+                        f"(label {int(classes[0])}); a classifier needs at least 2")
     # Per-channel statistics of the training split only (no peeking at validation).
     mean = x_train.mean(axis=(0, 2, 3), dtype=np.float64)
     std = np.maximum(x_train.std(axis=(0, 2, 3), dtype=np.float64), 1e-6)
@@ -375,6 +381,7 @@ class TensorBatches:
         drop_last: bool = False,
     ) -> None:
         import torch
+
         self.x, self.y, self.batch_size, self.shuffle = x, y, batch_size, shuffle
         self.generator = torch.Generator().manual_seed(seed)
         n = len(x)
@@ -387,6 +394,7 @@ class TensorBatches:
 
     def __iter__(self):  # noqa: ANN204 - a generator of (x, y)
         import torch
+
         n, b = len(self.x), self.batch_size
         if self.shuffle:
             order = torch.randperm(n, generator=self.generator).to(self.x.device)
@@ -407,6 +415,7 @@ def augment_batch(x: torch.Tensor, *, flip: bool) -> torch.Tensor:
         flip: also flip half of the samples horizontally.
     """
     import torch
+
     n, _, h, w = x.shape
     pad = max(1, min(h, w) // 8)
     padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
@@ -424,6 +433,7 @@ def augment_batch(x: torch.Tensor, *, flip: bool) -> torch.Tensor:
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
     import torch
+
     if (
         x.dim() == 4
         and x.is_contiguous(memory_format=torch.channels_last)

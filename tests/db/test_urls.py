@@ -96,3 +96,36 @@ def test_import_db_needs_neither_torch_nor_optuna():
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+SECRET_FORMS = [
+    "postgresql://u:S3cret@127.0.0.1:1/db",
+    "postgresql://u:S3cret@127.0.0.1:1/db?sslmode=disable",
+    "postgresql://u@127.0.0.1:1/db?password=S3cret",
+    "postgresql://u@127.0.0.1:1/db?sslmode=require&sslpassword=S3cret",
+    "postgresql:///db?host=127.0.0.1&port=1&password=S3cret",
+    "postgresql://u:S3cret@[::1:1/db",  # does not parse: masked by hand
+    "host=127.0.0.1 port=1 user=u password=S3cret dbname=db",  # a libpq conninfo string
+    "host=127.0.0.1 password='S3cret' dbname=db",
+]
+
+
+@pytest.mark.parametrize("url", SECRET_FORMS)
+def test_every_form_of_a_secret_is_masked_for_display_and_for_the_record(url):
+    from nas.config import SearchConfig
+    from nas.errors import mask_url
+
+    for shown in (mask_url(url), db.engine.display_url(url), db.engine.mask_raw_url(url)):
+        assert "S3cret" not in shown and "***" in shown, shown
+    record = SearchConfig(storage=url).to_record()
+    assert "S3cret" not in repr(record)
+
+
+@pytest.mark.parametrize("url", [u for u in SECRET_FORMS if u.startswith("postgresql")])
+def test_a_refused_connection_never_prints_the_secret(url, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "nas", "status", "--storage", url],
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    out = result.stdout + result.stderr
+    assert "S3cret" not in out and "Traceback" not in out
+    assert len(result.stderr.strip().splitlines()) == 1

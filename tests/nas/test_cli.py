@@ -30,6 +30,8 @@ def test_help_lists_the_commands():
         (["--objectives", "accuracy,beauty"], "beauty"),
         (["--storage", "postgresql://postgres:s3cret@127.0.0.1:1/nodb"], "127.0.0.1:1"),
         (["--storage", "mysqlx://nowhere/db"], "mysqlx"),
+        (["--storage", "postgresql://postgres:s3cret@[::1:1/nodb"], "not a database URL"),
+        (["--study", "mine.retrain"], "reserved for the studies `nas retrain` records"),
     ],
 )
 def test_bad_search_options_give_one_clear_line_and_exit_2(args, needle, tmp_path):
@@ -127,3 +129,28 @@ def test_dashboard_serves_on_localhost_only(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_hostile_json_files_are_refused_in_one_line(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text('{"spec": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    for args in (["show", str(deep)], ["search", "--trials", "1", "--enqueue", str(deep)]):
+        result = nas(*args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "nested deeper than 32 levels" in result.stderr
+        assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_damaged_sqlite_file_is_named_in_one_line(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    optuna.create_study(study_name="s", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), 3)
+    with open(tmp_path / "c.db", "r+b") as f:  # overwrite pages past the header
+        f.seek(4096)
+        f.write(b"\xff" * 4096 * 8)
+    for args in (["best", "s"], ["search", "--study", "s", "--trials", "1"]):
+        result = nas(*args, "--storage", url, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert "malformed" in result.stderr and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1

@@ -229,3 +229,23 @@ def test_the_pickle_check_tells_raw_tensor_bytes_starting_with_0x80_from_a_pickl
     assert pickle_members(tmp_path / "b.pt2") == ["data/weights/weight_0"]
     (tmp_path / "p.bin").write_bytes(pickle.dumps([1, 2], protocol=2))
     assert is_pickle(tmp_path / "p.bin")
+
+
+def test_the_bundle_directory_is_checked_before_anything_is_written(searched, tmp_path):
+    store = searched["store"]
+    a_file = tmp_path / "taken"
+    a_file.write_text("not a directory")
+    with pytest.raises(UserError, match="is a file"):
+        export(store, STUDY, a_file, formats="safetensors")
+    with pytest.raises(UserError, match="cannot create the bundle directory /proc/resnas-x"):
+        export(store, STUDY, "/proc/resnas-x", formats="safetensors")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match=r"not a resnas bundle \(notes.txt\).*--force"):
+        export(store, STUDY, mine, formats="safetensors")
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt"]
+    export(store, STUDY, mine, formats="safetensors", force=True)
+    assert (mine / "notes.txt").read_text() == "keep me" and (mine / "model.safetensors").is_file()
+    again = export(store, STUDY, mine / ".." / "mine2", formats="safetensors")  # a new one
+    export(store, STUDY, again.out, formats="safetensors")  # an earlier bundle: replaced

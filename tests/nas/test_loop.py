@@ -100,8 +100,9 @@ def test_a_lost_worker_is_retried_as_a_linked_trial_until_the_retries_run_out(sq
     assert runs[1].reason.startswith("worker_lost") and len(Store(sqlite_url).epochs(runs[1].id)) == 1
     assert trials[4].params == trials[1].params and trials[4].user_attrs["attempt"] == 2
     assert [t.state for t in trials] == [COMPLETE, FAIL, FAIL, COMPLETE, COMPLETE, COMPLETE]
+    # The two lost attempts are not failures: their retries count; the summary says so.
     assert summary.counts == {"complete": 4, "pruned": 0, "failed": 0, "cached": 0,
-                              "infeasible": 0}
+                              "infeasible": 0, "retried": 2}
 
     # With no retries left the failure counts toward --trials.
     other = sqlite_url.replace("nas.db", "noretry.db")  # no runs to answer duplicates from
@@ -178,7 +179,7 @@ def test_duplicates_of_a_failed_trial_train_one_at_a_time(sqlite_url, tmp_path):
         ("failed", False), ("complete", False), ("complete", True)]
     assert [w for w, _ in executor.log if w == "submit"] == ["submit", "submit"]
     assert summary.counts == {"complete": 1, "pruned": 0, "failed": 1, "cached": 1,
-                              "infeasible": 0}
+                              "infeasible": 0, "retried": 0}
 
 
 def test_infeasible_candidates_are_told_never_trained_and_not_counted(sqlite_url):

@@ -163,6 +163,8 @@ def test_rewritten_npz_is_reloaded(tmp_path):
         ),
         ({"x_train": _images(1, (4, 4)), "y_train": _labels(1)}, "both need >= 1"),
         ({"x_train": np.full((4, 3, 3), np.nan), "y_train": _labels(4)}, "NaN"),
+        ({"x_train": _images(10, (4, 4)), "y_train": np.zeros(10, dtype=int)},
+         "holds one class only \\(label 0\\); a classifier needs at least 2"),
     ],
 )
 def test_malformed_npz_gives_a_readable_data_error(tmp_path, arrays, message):
