@@ -71,6 +71,19 @@ def stop_signals() -> Iterator[dict[str, Any]]:
             signal.signal(s, h)
 
 
+def _give_up_hung(executor: Executor, work: Work, running: set[str],
+                  deadlines: dict[str, float]) -> None:
+    """Cancel (kill) every trial past its deadline and hand it to `work` as lost: the
+    driver, not the worker, owns liveness, so a frozen worker cannot stall the search."""
+    now = executor.now()
+    for key in sorted(k for k, at in deadlines.items() if at <= now and k in running):
+        executor.cancel(key)
+        running.discard(key)
+        del deadlines[key]
+        work.on_lost(Lost(key, "deadline: no result by the time limit plus its grace "
+                               "(the worker hung or froze)"))
+
+
 def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
           cancel_on_stop: bool = True, poll_s: float = POLL_S) -> None:
     """Run `work` on `executor` until it is finished and nothing runs.
@@ -80,6 +93,7 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
     kills it anyway) and handed to `work.abandon`; then the exception goes on.
     """
     running: set[str] = set()
+    deadlines: dict[str, float] = {}  # key -> when it is given up as hung (its Job.deadline_s)
     try:
         while True:
             if stop is not None and stop["signal"] is not None:
@@ -90,6 +104,9 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
                 for request in work.fill(free, now):
                     running.add(request.key)  # before: a submit that raises is abandoned too
                     executor.submit(request)
+                    if request.deadline_s is not None:
+                        deadlines[request.key] = executor.now() + request.deadline_s
+            _give_up_hung(executor, work, running, deadlines)
             if not running and work.finished(executor.now()):
                 return
             work.tick(executor.now(), len(running))
@@ -103,6 +120,7 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
                     else:
                         work.on_lost(event)
                     running.discard(event.key)  # after: one that raises is abandoned
+                    deadlines.pop(event.key, None)
             executor.flush()  # the decisions of this batch, while the workers wait
     except BaseException as exc:
         if cancel_on_stop:

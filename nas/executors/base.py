@@ -11,6 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+# A worker stops training at its time limit and reports; one that has not reported by then
+# plus this grace (a fresh Ray worker imports torch and Lightning first: 6-9 s here) is hung
+# (SIGSTOP, a dead NFS mount, a deadlock) and the loop gives it up.
+DEADLINE_GRACE_S = 60.0
+DEADLINE_GRACE_SHARE = 0.25
+
 
 @dataclass(frozen=True)
 class Job:
@@ -21,6 +27,16 @@ class Job:
     spec: dict[str, Any]
     config: dict[str, Any]
     prunable: bool = True  # the worker waits for a decision after each epoch
+
+    @property
+    def deadline_s(self) -> float | None:
+        """Seconds after submission by which the loop gives the trial up as hung: the
+        recipe's `time_limit_s` (which the worker enforces itself) plus a grace for
+        queueing and start-up. None without a time limit."""
+        limit = self.config.get("time_limit_s")
+        if not limit:
+            return None
+        return float(limit) + DEADLINE_GRACE_S + DEADLINE_GRACE_SHARE * float(limit)
 
     def payload(self) -> dict[str, Any]:
         """The request dict `run_trial` takes."""

@@ -8,6 +8,7 @@ pruning and retries play out in exact, repeatable order. `log` records what the 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +25,7 @@ class Script:
     state: str = "complete"  # the result's state after the last epoch: complete | failed
     reason: str | None = None
     lost_after_s: float | None = None  # the worker dies this long after the start
+    hangs_after_epochs: int | None = None  # then it never reports again (a SIGSTOPped worker)
     extra: dict[str, Any] = field(default_factory=dict)  # more result fields
 
 
@@ -100,6 +102,9 @@ class LocalExecutor:
         """The next event: the next epoch at `at`, or the worker's death if sooner."""
         lost = run.script.lost_after_s
         run.next_at = at if lost is None else min(at, run.started + lost)
+        if run.script.hangs_after_epochs is not None and \
+                run.done_epochs >= run.script.hangs_after_epochs:
+            run.next_at = math.inf
 
     def flush(self) -> None:
         pass  # decisions take effect in `decide`

@@ -424,3 +424,36 @@ def test_nas_stop_ends_a_search_after_the_trials_in_flight_and_a_resume_finishes
     assert [s.status for s in Store(sqlite_url).searches("loop")] == ["interrupted"]
     resumed = run_search(cfg, executor=LocalExecutor(curve))
     assert resumed.status == "finished" and len(Store(sqlite_url).runs("loop")) == 10
+
+
+def test_a_hung_worker_is_given_up_at_its_deadline_and_retried(sqlite_url):
+    # Trial 1 reports one epoch and then nothing (a SIGSTOPped worker). The recipe's time
+    # limit is 100 s; the loop gives the trial up at 100 s + the grace, kills it through
+    # the executor and retries it like a lost worker; the search ends.
+    from nas.executors.base import DEADLINE_GRACE_S, DEADLINE_GRACE_SHARE
+
+    def trainer(request):
+        hangs = request.key.split(":")[0] == "1"
+        return curve(request, hangs_after_epochs=1 if hangs else None)
+
+    executor = LocalExecutor(trainer, capacity=2)
+    started = executor.now()
+    summary = run_search(config(sqlite_url, trials=3, train={"epochs": 2, "time_limit_s": 100}),
+                         executor=executor)
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("loop")}
+    assert runs[1].state == "failed" and runs[1].reason.startswith("deadline")
+    retry = next(r for r in runs.values() if r.retry_of == 1)
+    assert retry.state == "complete"
+    assert ("cancel", next(k for w, k in executor.log if k.startswith("1:"))) in executor.log
+    assert summary.status == "finished" and summary.counts["complete"] == 3
+    assert summary.counts["retried"] == 1
+    deadline = 100 + DEADLINE_GRACE_S + DEADLINE_GRACE_SHARE * 100
+    assert deadline <= executor.now() - started < deadline + 60  # given up at its deadline
+    assert not [t for t in trials_of(sqlite_url) if t.state == optuna.trial.TrialState.RUNNING]
+
+
+def test_without_a_time_limit_a_trial_has_no_deadline():
+    from nas.executors.base import Job
+
+    assert Job("k", {}, {"epochs": 2}).deadline_s is None
+    assert Job("k", {}, {"time_limit_s": 40}).deadline_s > 40
