@@ -89,7 +89,7 @@ def search(
     pruner: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME", default="asha when epochs > 1, else none", help="asha | hyperband | median | none. A rung prunes only once 6 trials reached it.")] = None,
     objectives: Annotated[str | None, _opt(panel=SEARCH, metavar="LIST", default="accuracy", help="accuracy, or accuracy plus costs: accuracy,params | accuracy,flops | accuracy,latency.")] = None,
     seed: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="none (random)", help="Seed of the sampler, for reproducible proposals.")] = None,
-    max_params: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="the space's limit", help="Never train a candidate with more parameters.")] = None,
+    max_params: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="the space's limit, else 100,000,000", help="Never train a candidate with more parameters.")] = None,
     max_flops: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="the space's limit", help="Never train a candidate with more multiply-adds per image.")] = None,
     timeout: Annotated[float | None, _opt(panel=SEARCH, metavar="SECONDS", default="none", help="Stop proposing after this many seconds.")] = None,
     max_compute_hours: Annotated[float | None, _opt(panel=SEARCH, metavar="HOURS", default="none", help="Stop proposing after this much summed trial time.")] = None,

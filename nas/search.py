@@ -45,6 +45,9 @@ __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
 TrialState = optuna.trial.TrialState
 # Consecutive proposals that break a constraint before we call the constraints impossible.
 MAX_CONSECUTIVE_INFEASIBLE = 200
+# The parameter limit of a space that sets none (a custom YAML file): above every zoo model
+# (ViT-B/16: 86.6 M), below what a typo in a width makes (one stage of width 1e5: ~10^11).
+DEFAULT_MAX_PARAMS = 100_000_000
 
 
 def _impossible(space: str, limits: dict[str, int | None]) -> str:
@@ -72,7 +75,8 @@ class Search:
         self.input_size = tuple(self.data.input_size)
         self.epochs = self.recipe.epochs
         self.limits = {
-            "max_params": config.max_params or self.space.constraints.get("max_params"),
+            "max_params": (config.max_params or self.space.constraints.get("max_params")
+                           or DEFAULT_MAX_PARAMS),
             "max_flops": config.max_flops or self.space.constraints.get("max_flops"),
         }
         shape = {"in_channels": self.data.in_channels, "num_classes": self.data.num_classes}

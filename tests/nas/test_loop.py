@@ -457,3 +457,16 @@ def test_without_a_time_limit_a_trial_has_no_deadline():
 
     assert Job("k", {}, {"epochs": 2}).deadline_s is None
     assert Job("k", {}, {"time_limit_s": 40}).deadline_s > 40
+
+
+def test_a_space_without_a_parameter_limit_gets_the_default_one(sqlite_url, tmp_path):
+    from nas.search import DEFAULT_MAX_PARAMS
+
+    space = tmp_path / "typo.yaml"
+    space.write_text(TINY_SPACE.replace("width: [16]", "width: [16, 20000]"))  # a typo'd width
+    summary = run_search(config(sqlite_url, space=str(space), trials=3, sampler="random"),
+                         executor=LocalExecutor(curve))
+    trained = [r for r in Store(sqlite_url).runs("loop") if r.cached_from is None]
+    assert trained and all(r.params <= DEFAULT_MAX_PARAMS for r in trained)
+    skipped = [t for t in trials_of(sqlite_url) if t.user_attrs.get("infeasible")]
+    assert summary.counts["infeasible"] == len(skipped) >= 1
