@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,26 @@ def normalize_url(url: str | URL) -> URL:
     )
 
 
+def _journal_wal(cursor: Any) -> None:
+    """Put the file in WAL mode (it stays so). Switching needs the file to itself and does
+    not wait on the busy timeout: several processes opening a new store at once got
+    "database is locked" here. A file already in WAL is left alone; else retry until the
+    busy timeout."""
+    import sqlite3
+
+    if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def create_store_engine(url: URL, *, migration: bool = False) -> Engine:
     """An engine set up for the store.
 
@@ -135,7 +156,7 @@ def create_store_engine(url: URL, *, migration: bool = False) -> Engine:
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            cursor.execute("PRAGMA journal_mode = WAL")
+            _journal_wal(cursor)
             cursor.execute("PRAGMA synchronous = NORMAL")
             cursor.execute(f"PRAGMA foreign_keys = {foreign_keys}")
             cursor.close()
