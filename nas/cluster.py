@@ -186,7 +186,8 @@ def session_dir() -> str | None:
     try:
         import ray
 
-        return ray._private.worker._global_node.get_session_dir_path()
+        context = ray.get_runtime_context()
+        return os.path.join(context.get_temp_dir(), context.get_session_name())
     except Exception:  # noqa: BLE001 - another Ray
         return None
 
