@@ -71,9 +71,10 @@ def _stored_architecture(ref: str, trial: int | None, storage: str) -> tuple[Any
     try:
         arch_id = ref
         if trial is not None:
-            if ref not in store.study_names():
+            studies = store.study_names()
+            if ref not in studies:
                 raise UserError(f"no study `{ref}` in {store.display_url}; studies: "
-                                f"{', '.join(store.study_names()) or 'none'}")
+                                f"{', '.join(studies) or 'none'}")
             run = store.run_for_trial(ref, trial)
             if run is None:
                 raise UserError(f"study `{ref}` has no trial {trial} in the store (`nas trials "
@@ -196,16 +197,18 @@ def delete(
     quiet_optuna()
     store = open_store(storage)
     optuna_storage = open_storage(storage)
-    names = set(store.study_names()) | set(optuna.study.get_all_study_names(optuna_storage))
+    stored = store.study_names()
+    ours = study in stored  # a study may live on only one of the two sides
+    names = set(stored) | set(optuna.study.get_all_study_names(optuna_storage))
     if study not in names:
         raise UserError(f"no study `{study}` in {store.display_url}; studies: "
                         f"{', '.join(sorted(names)) or 'none'}")
-    runs = len(store.runs(study)) if study in store.study_names() else 0
+    runs = len(store.runs(study)) if ours else 0
     if not yes and not typer.confirm(
             f"delete study `{study}` ({runs} run(s)) from {store.display_url}?", default=False):
         raise typer.Exit(1)
     # The store refuses while a live search holds the study; Optuna's side goes after ours.
-    counts = store.delete_study(study, force=force) if study in store.study_names() else {}
+    counts = store.delete_study(study, force=force) if ours else {}
     try:
         optuna.delete_study(study_name=study, storage=optuna_storage)
     except KeyError:

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from sqlalchemy.exc import SQLAlchemyError
 
 from db import Store, StoreError
-from db.engine import scrub
+from db.engine import describe_error, scrub
 from db.store import STALE_HEARTBEATS  # older: the search is taken as dead
 from nas.errors import UserError, mask_url
 from search_spaces import ArchitectureSpec
@@ -46,16 +47,16 @@ def real_url(url: str) -> str:
 
 def _first_line(exc: BaseException, url: str) -> str:
     """What went wrong, in one line: Optuna's wrapper says "an exception is raised during
-    the commit" where the driver said "database disk image is malformed"; give both."""
-    def line(e: BaseException) -> str:
-        text = str(e).strip()
-        return text.splitlines()[0].strip() if text else type(e).__name__
-
-    out, cause = line(exc), exc.__cause__ or exc.__context__
-    while cause is not None and cause.__cause__ is not None:
-        cause = cause.__cause__
-    if cause is not None and line(cause) not in out:
-        out += f" ({type(cause).__name__}: {line(cause)})"
+    the commit" where the driver said "database disk image is malformed"; give both (the
+    driver's words as the store gives them, `db.engine.describe_error`)."""
+    text = str(exc).strip()
+    out = text.splitlines()[0].strip() if text else type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not isinstance(cause, SQLAlchemyError):
+        cause = cause.__cause__ or cause.__context__
+    driver = None if cause is None else describe_error(cause, None)
+    if driver and driver.split(": ", 1)[-1][:60] not in out:  # said already: once is enough
+        out += f" ({driver})"
     return scrub(out, None).replace(url, mask_url(url))
 
 
