@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from db.engine import StoreError
 from db.migrate import current_revision, head_revision, upgrade
+from db.retry import DatabaseUnavailable, is_transient
 from db.store import EpochRecord, RunRecord, SearchRecord, Store
 
 __all__ = [
+    "DatabaseUnavailable",
     "EpochRecord",
     "RunRecord",
     "SearchRecord",
@@ -17,5 +19,6 @@ __all__ = [
     "StoreError",
     "current_revision",
     "head_revision",
+    "is_transient",
     "upgrade",
 ]

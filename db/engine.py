@@ -194,12 +194,15 @@ def describe_error(exc: BaseException, url: URL | None) -> str:
     return scrub(f"{type(orig).__name__}: {text}", url)
 
 
-def store_error(what: str, exc: SQLAlchemyError, url: URL) -> StoreError:
-    """The StoreError for `exc`, naming the (masked) URL and what failed."""
+def store_error(what: str, exc: SQLAlchemyError, url: URL, *, opened: bool = False) -> StoreError:
+    """The StoreError for `exc`, naming the (masked) URL and what failed.
+
+    `opened`: the store has worked on this URL before, so a failure to connect is no sign of
+    a wrong URL and gets no hint to check it."""
     reason = describe_error(exc, url)
     # A DB-API error without a statement happened while connecting (SQLAlchemy wraps
     # connect failures that way): wrong host, port, database name, credentials, file.
-    if isinstance(exc, sa.exc.DBAPIError) and exc.statement is None:
+    if not opened and isinstance(exc, sa.exc.DBAPIError) and exc.statement is None:
         return StoreError(
             f"cannot open storage {display_url(url)} while {what}: {reason}; "
             f"check the URL; allowed: {ALLOWED_URLS}"
