@@ -104,6 +104,9 @@ class SearchModel(BaseModel):
     finished: Mapped[datetime | None] = mapped_column(Timestamp)
     # Set by `nas stop`: the driver sees it on its next heartbeat and ends the search cleanly.
     stop_requested_at: Mapped[datetime | None] = mapped_column(Timestamp)
+    # At each heartbeat: {trial number: seconds since its last sign of life} of what runs.
+    live: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(sa.Text)  # what a `failed` search said
 
 
 class RunModel(BaseModel):

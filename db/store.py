@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -19,6 +19,7 @@ from db.engine import (
     StoreError,
     backend_of,
     create_store_engine,
+    describe_error,
     display_url,
     normalize_url,
     store_error,
@@ -36,9 +37,12 @@ from db.models import (
     StageModel,
     WeightsModel,
 )
+from db.retry import DEFAULT_BUDGET_S, retry_call, transient_cause
 from search_spaces.spec import ArchitectureSpec
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Optuna's tables, which share the database; named here because `db` does not import Optuna.
 OPTUNA_TABLES = (
@@ -146,6 +150,9 @@ class SearchRecord:
     finished: float | None
     config: dict[str, Any] = field(default_factory=dict)
     stop_requested_at: float | None = None
+    # At its last heartbeat: {trial number: seconds since that trial's last sign of life}.
+    live: dict[str, float] = field(default_factory=dict)
+    error: str | None = None  # what it said when it ended `failed`
 
     @property
     def stopping(self) -> bool:
@@ -187,6 +194,10 @@ def _run_record(row: RunModel) -> RunRecord:
     return RunRecord(id=row.id, **data)
 
 
+def _run_record_or_none(row: RunModel | None) -> RunRecord | None:
+    return None if row is None else _run_record(row)
+
+
 def _search_record(row: SearchModel) -> SearchRecord:
     return SearchRecord(
         id=row.id,
@@ -199,6 +210,8 @@ def _search_record(row: SearchModel) -> SearchRecord:
         finished=_to_ts(row.finished),
         config=dict(row.config or {}),
         stop_requested_at=_to_ts(row.stop_requested_at),
+        live=dict(row.live or {}),
+        error=row.error,
     )
 
 
@@ -218,22 +231,33 @@ class Store:
             `postgresql+psycopg://` work too; PostgreSQL is reached with psycopg 3).
         migrate: bring the schema to the head revision on open (default). With False, a
             schema that is not at head raises `StoreError` (run `nas db upgrade`).
+        retry_budget_s: once the store has worked, how long (seconds) each method rides out
+            a transient fault (a server restart, a locked or full SQLite file) by retrying
+            before it raises `DatabaseUnavailable`. The first contact is never retried: a
+            wrong URL fails at once.
 
     Raises:
         StoreError: bad URL, unreachable database, failed migration.
     """
 
-    def __init__(self, url: str, *, migrate: bool = True) -> None:
+    def __init__(
+        self, url: str, *, migrate: bool = True, retry_budget_s: float = DEFAULT_BUDGET_S
+    ) -> None:
         self._url = normalize_url(url)
         self.url: str = self._url.render_as_string(hide_password=False)
         self.display_url: str = display_url(self._url)
         self._backend = backend_of(self._url)
+        self.retry_budget_s = retry_budget_s
+        # Whether a transaction has succeeded on this URL: only then is a failure to connect
+        # a fault to wait out rather than a wrong URL to report.
+        self._opened = False
         if migrate:
             migration_engine = create_store_engine(self._url, migration=True)
             try:
                 migrate_engine(migration_engine, self._url)
             finally:
                 migration_engine.dispose()
+            self._opened = True
         self._engine = create_store_engine(self._url)
         self._upserts: dict[tuple, Any] = {}
         self._write_engine = self._engine.execution_options(**{WRITE_OPTION: True})
@@ -257,19 +281,49 @@ class Store:
     # -- plumbing ------------------------------------------------------------------------
     @contextmanager
     def _session(self, what: str, *, write: bool = False) -> Iterator[Session]:
-        """One transaction: commit on success, roll back on error, `StoreError` for DB errors."""
+        """One transaction: commit on success, roll back on error, `StoreError` for DB errors
+        (the driver's error kept as its cause, where `db.retry` looks for it)."""
         session = Session(self._write_engine if write else self._engine, expire_on_commit=False)
         try:
             yield session
             session.commit()
         except SQLAlchemyError as exc:
             session.rollback()
-            raise store_error(what, exc, self._url) from exc
+            raise store_error(what, exc, self._url, opened=self._opened) from exc
         except BaseException:
             session.rollback()
             raise
         finally:
             session.close()
+
+    def _transaction(
+        self, what: str, body: Callable[[Session], T], *, write: bool = False
+    ) -> T:
+        """`body(session)` as one transaction (`_session`), run again as a whole while the
+        database is transiently away, for up to `retry_budget_s` (`db.retry.retry_call`).
+
+        A body must be safe to run twice: its first run may have committed just before the
+        connection dropped, unseen. Reads are; the writes here are upserts or updates to a
+        fixed value, and the one plain insert (`start_search`) looks for its own row first.
+        """
+
+        def attempt() -> T:
+            with self._session(what, write=write) as session:
+                return body(session)
+
+        if not self._opened:
+            result = attempt()  # the first contact fails fast: a wrong URL is not a fault
+            self._opened = True
+            return result
+        return retry_call(attempt, budget_s=self.retry_budget_s, what=what, url=self._url,
+                          on_retry=self._log_retry)
+
+    def _log_retry(self, attempt: int, exc: BaseException, wait_s: float) -> None:
+        logger.warning(
+            "the database at %s is not answering (%s); retry %d in %.1f s",
+            self.display_url, describe_error(transient_cause(exc) or exc, self._url),
+            attempt, wait_s,
+        )
 
     def _upsert(
         self, model: type, conflict: tuple[str, ...], update: tuple[str, ...] = (),
@@ -299,8 +353,9 @@ class Store:
         return stmt
 
     def _check_revision(self) -> None:
-        with self._session("reading the schema revision") as session:
-            current = revision_of(session.connection())
+        current = self._transaction(
+            "reading the schema revision", lambda session: revision_of(session.connection())
+        )
         head = head_revision()
         if current != head:
             raise StoreError(
@@ -312,7 +367,16 @@ class Store:
     def start_search(self, study: str, config: dict, *, host: str, pid: int) -> int:
         """Record a search launch (status `running`); returns its id for heartbeats."""
         now = _now()
-        with self._session(f"starting a search of study {study!r}", write=True) as session:
+
+        def body(session: Session) -> int:
+            # A retry after a commit whose answer was lost finds the row it made (same study,
+            # host, pid and start to the microsecond) instead of adding a second one.
+            mine = session.scalar(sa.select(SearchModel.id).where(
+                SearchModel.study == study, SearchModel.host == host, SearchModel.pid == pid,
+                SearchModel.started == now,
+            ))
+            if mine is not None:
+                return int(mine)
             row = SearchModel(
                 study=study,
                 config=dict(config),
@@ -326,6 +390,8 @@ class Store:
             session.flush()
             return row.id
 
+        return self._transaction(f"starting a search of study {study!r}", body, write=True)
+
     def refresh_statistics(self) -> None:
         """PostgreSQL: ANALYZE the tables a search writes (ours and Optuna's beside them).
 
@@ -338,32 +404,46 @@ class Store:
         """
         if self._backend != "postgresql":
             return
-        existing = set(sa.inspect(self._engine).get_table_names())
-        tables = [t for t in (*OPTUNA_TABLES, *BaseModel.metadata.tables) if t in existing]
-        with self._session("refreshing planner statistics", write=True) as session:
+
+        def body(session: Session) -> None:
+            existing = set(sa.inspect(session.connection()).get_table_names())
+            tables = [t for t in (*OPTUNA_TABLES, *BaseModel.metadata.tables) if t in existing]
             session.execute(sa.text("ANALYZE " + ", ".join(f'"{t}"' for t in tables)))
 
-    def heartbeat(self, search_id: int) -> None:
-        """Mark search `search_id` alive now."""
-        with self._session(f"heartbeat of search {search_id}", write=True) as session:
-            result = session.execute(
-                sa.update(SearchModel).where(SearchModel.id == search_id).values(heartbeat=_now())
-            )
-            if result.rowcount == 0:
-                raise StoreError(f"`search_id` got {search_id!r}: no such search")
+        self._transaction("refreshing planner statistics", body, write=True)
 
-    def end_search(self, search_id: int, status: str) -> None:
-        """Close search `search_id` with `status` (finished | interrupted | failed)."""
+    def heartbeat(self, search_id: int, live: dict[str, float] | None = None) -> None:
+        """Mark search `search_id` alive now; `live`: its running trials, each with the
+        seconds since its last sign of life (what `nas status` shows)."""
+        values: dict[str, Any] = {"heartbeat": _now()}
+        if live is not None:
+            values["live"] = live
+
+        def body(session: Session) -> int:
+            return session.execute(
+                sa.update(SearchModel).where(SearchModel.id == search_id).values(**values)
+            ).rowcount
+
+        if self._transaction(f"heartbeat of search {search_id}", body, write=True) == 0:
+            raise StoreError(f"`search_id` got {search_id!r}: no such search")
+
+    def end_search(self, search_id: int, status: str, error: str | None = None) -> None:
+        """Close search `search_id` with `status` (finished | interrupted | failed) and, for
+        a failed one, the `error` it ended with (one line, no secrets: the caller's text)."""
         _check_choice("status", status, SEARCH_STATUSES)
         now = _now()
-        with self._session(f"ending search {search_id}", write=True) as session:
-            result = session.execute(
+
+        def body(session: Session) -> int:
+            return session.execute(
                 sa.update(SearchModel)
                 .where(SearchModel.id == search_id)
-                .values(status=status, heartbeat=now, finished=None if status == "running" else now)
-            )
-            if result.rowcount == 0:
-                raise StoreError(f"`search_id` got {search_id!r}: no such search")
+                .values(status=status, heartbeat=now, finished=None if status == "running" else now,
+                        live=sa.null() if status != "running" else SearchModel.live,
+                        error=error[:2000] if error else None)
+            ).rowcount
+
+        if self._transaction(f"ending search {search_id}", body, write=True) == 0:
+            raise StoreError(f"`search_id` got {search_id!r}: no such search")
 
     def request_stop(self, study: str) -> list[int]:
         """Ask every running search of `study` to stop cleanly (what `nas stop` runs).
@@ -381,7 +461,8 @@ class Store:
             StoreError: `study` is not in this store (the message lists the known studies).
         """
         self._require_study(study)
-        with self._session(f"requesting study {study!r} to stop", write=True) as session:
+
+        def body(session: Session) -> list[int]:
             ids = list(
                 session.scalars(
                     sa.select(SearchModel.id)
@@ -397,24 +478,25 @@ class Store:
                 )
             return ids
 
+        return self._transaction(f"requesting study {study!r} to stop", body, write=True)
+
     def stop_requested(self, search_id: int) -> bool:
         """Whether someone asked search `search_id` to stop (one indexed read; the driver
         calls it on each heartbeat)."""
-        with self._session(f"reading the stop request of search {search_id}") as session:
-            row = session.execute(
-                sa.select(SearchModel.stop_requested_at).where(SearchModel.id == search_id)
-            ).first()
+        query = sa.select(SearchModel.stop_requested_at).where(SearchModel.id == search_id)
+        row = self._transaction(f"reading the stop request of search {search_id}",
+                                lambda session: session.execute(query).first())
         if row is None:
             raise StoreError(f"`search_id` got {search_id!r}: no such search")
         return row[0] is not None
 
     def searches(self, study: str) -> list[SearchRecord]:
         """The launches of `study`, oldest first."""
-        with self._session(f"reading searches of study {study!r}") as session:
-            rows = session.scalars(
-                sa.select(SearchModel).where(SearchModel.study == study).order_by(SearchModel.id)
-            ).all()
-            return [_search_record(r) for r in rows]
+        query = sa.select(SearchModel).where(SearchModel.study == study).order_by(SearchModel.id)
+        return self._transaction(
+            f"reading searches of study {study!r}",
+            lambda session: [_search_record(r) for r in session.scalars(query).all()],
+        )
 
     # -- architectures and recipes -------------------------------------------------------
     def save_architecture(
@@ -426,9 +508,13 @@ class Store:
         input_size: tuple[int, int],
     ) -> None:
         """Insert the architecture and its stage rows, or refresh its params/FLOPs. Idempotent."""
-        with self._session(f"saving architecture {spec.arch_id}", write=True) as session:
-            for stmt, values in self._architecture_statements(spec, params, flops, input_size):
+        statements = self._architecture_statements(spec, params, flops, input_size)
+
+        def body(session: Session) -> None:
+            for stmt, values in statements:
                 session.execute(stmt, values)
+
+        self._transaction(f"saving architecture {spec.arch_id}", body, write=True)
 
     def _architecture_statements(
         self, spec: ArchitectureSpec, params: int, flops: int, input_size: tuple[int, int]
@@ -473,23 +559,22 @@ class Store:
         """Insert the recipe unless it exists (its id is the hash of its content)."""
         values = {"recipe_id": recipe_id, "recipe": dict(recipe), "dataset": dataset,
                   "created": _now()}
-        with self._session(f"saving recipe {recipe_id}", write=True) as session:
-            session.execute(self._upsert(RecipeModel, ("recipe_id",)), values)
+        stmt = self._upsert(RecipeModel, ("recipe_id",))
+        self._transaction(f"saving recipe {recipe_id}",
+                          lambda session: session.execute(stmt, values), write=True)
 
     def architecture(self, arch_id: str) -> dict | None:
         """The spec dict of `arch_id` (feed it to `ArchitectureSpec.from_dict`)."""
-        with self._session(f"reading architecture {arch_id}") as session:
-            spec = session.scalar(
-                sa.select(ArchitectureModel.spec).where(ArchitectureModel.arch_id == arch_id)
-            )
-            return None if spec is None else dict(spec)
+        query = sa.select(ArchitectureModel.spec).where(ArchitectureModel.arch_id == arch_id)
+        spec = self._transaction(f"reading architecture {arch_id}",
+                                 lambda session: session.scalar(query))
+        return None if spec is None else dict(spec)
 
     def input_size(self, arch_id: str) -> tuple[int, int] | None:
         """The (height, width) `arch_id`'s costs were counted at."""
-        with self._session(f"reading architecture {arch_id}") as session:
-            size = session.scalar(
-                sa.select(ArchitectureModel.input_size).where(ArchitectureModel.arch_id == arch_id)
-            )
+        query = sa.select(ArchitectureModel.input_size).where(ArchitectureModel.arch_id == arch_id)
+        size = self._transaction(f"reading architecture {arch_id}",
+                                 lambda session: session.scalar(query))
         if not size:
             return None
         height, width = str(size).split("x")
@@ -497,11 +582,10 @@ class Store:
 
     def recipe(self, recipe_id: str) -> dict | None:
         """The recipe dict of `recipe_id`."""
-        with self._session(f"reading recipe {recipe_id}") as session:
-            recipe = session.scalar(
-                sa.select(RecipeModel.recipe).where(RecipeModel.recipe_id == recipe_id)
-            )
-            return None if recipe is None else dict(recipe)
+        query = sa.select(RecipeModel.recipe).where(RecipeModel.recipe_id == recipe_id)
+        recipe = self._transaction(f"reading recipe {recipe_id}",
+                                   lambda session: session.scalar(query))
+        return None if recipe is None else dict(recipe)
 
     # -- runs ----------------------------------------------------------------------------
     def record_run(
@@ -539,7 +623,9 @@ class Store:
             if spec is not None and input_size is not None
             else ()
         )
-        with self._session(what, write=True) as session:
+        # Every statement is an upsert keyed by (study, trial_number), (run_id, epoch) or
+        # run_id: run again after a commit whose answer was lost, it writes the same rows.
+        def body(session: Session) -> int:
             for arch_stmt, arch_values in arch:
                 session.execute(arch_stmt, arch_values)
             run_id = int(session.execute(stmt, values).scalar_one())
@@ -556,7 +642,9 @@ class Store:
                 session.execute(
                     weight_stmt, {"run_id": run_id, "format": "safetensors", "data": bytes(weights)}
                 )
-        return run_id
+            return run_id
+
+        return self._transaction(what, body, write=True)
 
     def find_finished(
         self, arch_id: str, recipe_id: str, dataset: str, fidelity: int
@@ -576,9 +664,8 @@ class Store:
             .order_by(RunModel.val_accuracy.desc().nulls_last(), RunModel.id)
             .limit(1)
         )
-        with self._session(f"looking up a finished run of {arch_id}") as session:
-            row = session.scalar(query)
-            return None if row is None else _run_record(row)
+        return self._transaction(f"looking up a finished run of {arch_id}",
+                                 lambda session: _run_record_or_none(session.scalar(query)))
 
     def runs(
         self,
@@ -605,37 +692,37 @@ class Store:
             ).limit(top)
         else:
             query = query.order_by(RunModel.study, RunModel.trial_number)
-        with self._session("reading runs") as session:
-            return [_run_record(r) for r in session.scalars(query).all()]
+        return self._transaction(
+            "reading runs", lambda session: [_run_record(r) for r in session.scalars(query).all()]
+        )
 
     def get_run(self, run_id: int) -> RunRecord | None:
-        with self._session(f"reading run {run_id}") as session:
-            row = session.get(RunModel, run_id)
-            return None if row is None else _run_record(row)
+        return self._transaction(
+            f"reading run {run_id}",
+            lambda session: _run_record_or_none(session.get(RunModel, run_id)),
+        )
 
     def run_for_trial(self, study: str, trial_number: int) -> RunRecord | None:
         query = sa.select(RunModel).where(
             RunModel.study == study, RunModel.trial_number == trial_number
         )
-        with self._session(f"reading trial {trial_number} of study {study!r}") as session:
-            row = session.scalar(query)
-            return None if row is None else _run_record(row)
+        return self._transaction(f"reading trial {trial_number} of study {study!r}",
+                                 lambda session: _run_record_or_none(session.scalar(query)))
 
     def epochs(self, run_id: int) -> list[EpochRecord]:
         """The learning curve of run `run_id`, by epoch."""
         query = sa.select(EpochModel).where(EpochModel.run_id == run_id).order_by(EpochModel.epoch)
-        with self._session(f"reading epochs of run {run_id}") as session:
-            return [
-                EpochRecord(**{n: getattr(r, n) for n in _EPOCH_FIELDS})
-                for r in session.scalars(query).all()
-            ]
+        return self._transaction(f"reading epochs of run {run_id}", lambda session: [
+            EpochRecord(**{n: getattr(r, n) for n in _EPOCH_FIELDS})
+            for r in session.scalars(query).all()
+        ])
 
     def weights(self, run_id: int) -> bytes | None:
         """The safetensors bytes of run `run_id`, if the worker sent any."""
         query = sa.select(WeightsModel.data).where(WeightsModel.run_id == run_id)
-        with self._session(f"reading weights of run {run_id}") as session:
-            data = session.scalar(query)
-            return None if data is None else bytes(data)
+        data = self._transaction(f"reading weights of run {run_id}",
+                                 lambda session: session.scalar(query))
+        return None if data is None else bytes(data)
 
     # -- deleting ------------------------------------------------------------------------
     def delete_study(self, study: str, *, force: bool = False) -> dict[str, int]:
@@ -678,8 +765,11 @@ class Store:
         only_here_stages = sa.and_(
             StageModel.arch_id.in_(used_here), StageModel.arch_id.not_in(used_elsewhere)
         )
-        counts: dict[str, int] = {}
-        with self._session(f"deleting study {study!r}", write=True) as session:
+
+        # Run again after a commit whose answer was lost, this deletes nothing more and the
+        # counts it returns are all 0: the study is gone either way.
+        def body(session: Session) -> dict[str, int]:
+            counts: dict[str, int] = {}
             if not force:
                 self._refuse_live_searches(session, study)
             # Children first, so the counts are ours and not left to ON DELETE CASCADE.
@@ -706,6 +796,9 @@ class Store:
             counts["nas_searches"] = session.execute(
                 sa.delete(SearchModel).where(SearchModel.study == study)
             ).rowcount
+            return counts
+
+        counts = self._transaction(f"deleting study {study!r}", body, write=True)
         logger.info("deleted study %r from %s: %s", study, self.display_url, counts)
         return counts
 
@@ -748,24 +841,26 @@ class Store:
     def study_names(self) -> list[str]:
         """Every study with a run or a search in this store, sorted."""
         query = sa.union(sa.select(RunModel.study), sa.select(SearchModel.study))
-        with self._session("listing studies") as session:
-            return sorted(session.scalars(query).all())
+        return self._transaction("listing studies",
+                                 lambda session: sorted(session.scalars(query).all()))
 
     def optuna_queue(self) -> dict[str, dict[str, int]]:
         """Per Optuna study in this database: `waiting` (trials queued to run: retries,
         `--enqueue`) and `infeasible` (candidates over a budget, never trained, no run row),
         which only Optuna's side of the store holds. {} when Optuna's tables are absent."""
-        with self._session("counting queued trials") as session:
+        def body(session: Session) -> list[Any]:
             if not sa.inspect(session.connection()).has_table("trial_user_attributes"):
-                return {}
-            rows = session.execute(sa.text(
+                return []
+            return list(session.execute(sa.text(
                 "SELECT s.study_name,"
                 " SUM(CASE WHEN CAST(t.state AS VARCHAR(16)) = 'WAITING' THEN 1 ELSE 0 END),"
                 " SUM(CASE WHEN a.trial_id IS NULL THEN 0 ELSE 1 END)"
                 " FROM trials t JOIN studies s ON s.study_id = t.study_id"
                 " LEFT JOIN trial_user_attributes a ON a.trial_id = t.trial_id"
                 "  AND a.key = 'infeasible' AND a.value_json = 'true'"
-                " GROUP BY s.study_name")).all()
+                " GROUP BY s.study_name")).all())
+
+        rows = self._transaction("counting queued trials", body)
         return {name: {"waiting": int(w or 0), "infeasible": int(i or 0)}
                 for name, w, i in rows}
 
@@ -794,9 +889,11 @@ class Store:
             sa.func.max(SearchModel.heartbeat),
             sa.func.max(SearchModel.finished),
         ).group_by(SearchModel.study)
-        with self._session("summarising studies") as session:
-            run_rows = session.execute(run_query).all()
-            search_rows = session.execute(search_query).all()
+        run_rows, search_rows = self._transaction(
+            "summarising studies",
+            lambda session: (session.execute(run_query).all(),
+                             session.execute(search_query).all()),
+        )
 
         summary: dict[str, dict] = {}
 
