@@ -21,11 +21,15 @@ _LAZY = {
     "build_model": "search_spaces.builder",
     "Complexity": "search_spaces.cost",
     "complexity": "search_spaces.cost",
+    "MemoryEstimate": "search_spaces.cost",
+    "training_memory": "search_spaces.cost",
     "SearchSpace": "search_spaces.space",
     "SpaceError": "search_spaces.space",
     "load_space": "search_spaces.space",
     "list_spaces": "search_spaces.space",
     "zoo": "search_spaces.zoo",
+    "morph_plan": "search_spaces.morph",
+    "morph_weights": "search_spaces.morph",
 }
 
 __all__ = [

@@ -29,6 +29,7 @@ from workers.measure import (
     peak_memory_mb,
     reset_peak_memory,
 )
+from workers.memory import OPTIMIZER_STATES, memory_budget, too_big_reason
 from workers.module import ClassifierModule, TensorDataModule, TrialMonitor, TrialStop
 from workers.results import Reporter, TrialRequest, TrialResult
 
@@ -64,6 +65,34 @@ def complexity(spec: ArchitectureSpec, input_size: tuple[int, int]) -> Any:
     import search_spaces
 
     return search_spaces.complexity(spec, input_size)
+
+
+def training_memory(
+    spec: ArchitectureSpec,
+    input_size: tuple[int, int],
+    batch_size: int,
+    *,
+    optimizer_states: int,
+    eval_batch_size: int,
+) -> Any:
+    """`search_spaces.training_memory` (bytes a training step needs), looked up at call time.
+
+    Args:
+        spec: the architecture.
+        input_size: (H, W) of the dataset's images.
+        batch_size: samples per training step.
+        optimizer_states: buffers per parameter the optimizer keeps.
+        eval_batch_size: samples per forward pass without autograd.
+    """
+    import search_spaces
+
+    return search_spaces.training_memory(
+        spec,
+        input_size,
+        batch_size,
+        optimizer_states=optimizer_states,
+        eval_batch_size=eval_batch_size,
+    )
 
 
 # -- helpers -----------------------------------------------------------------------------------
@@ -163,6 +192,39 @@ def _data_on(data: LoadedData, device: torch.device) -> tuple[torch.Tensor, ...]
     return _device_data[key]
 
 
+def _data_reserve(data: LoadedData, device: torch.device) -> int:
+    """Bytes `_data_on` will copy to `device` for this trial (0 on CPU, where the data is
+    already loaded, or where it is on the GPU already or will stay in host memory)."""
+    if device.type != "cuda" or (id(data), str(device)) in _device_data:
+        return 0
+    tensors = (data.x_train, data.y_train, data.x_val, data.y_val)
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    free, _ = torch.cuda.mem_get_info(device)
+    return size if size < _GPU_DATA_SHARE * free else 0
+
+
+def _too_big(
+    spec: ArchitectureSpec, config: TrainConfig, data: LoadedData, device: torch.device
+) -> str | None:
+    """The `too_big` reason where the predicted training memory exceeds what the trial
+    was given (see `workers.memory`); None where it fits or cannot be told."""
+    info = data.info
+    try:
+        estimate = training_memory(
+            spec,
+            info.input_size,
+            min(config.batch_size, info.num_train),  # no batch is larger than the data
+            optimizer_states=OPTIMIZER_STATES[config.optimizer],
+            eval_batch_size=max(
+                min(max(config.batch_size, _EVAL_BATCH_SIZE), info.num_val), LATENCY_BATCH_SIZE
+            ),
+        )
+    except Exception:  # noqa: BLE001 - like the cost, the estimate informs; training decides
+        return None
+    budget = memory_budget(device, reserved=_data_reserve(data, device))
+    return too_big_reason(estimate, budget, device, config.batch_size)
+
+
 def _weights_bytes(net: torch.nn.Module) -> bytes:
     from safetensors.torch import save
 
@@ -175,7 +237,9 @@ def run_trial(
     request: TrialRequest | dict[str, Any], reporter: Reporter | None = None
 ) -> TrialResult:
     """Train one architecture with one recipe and measure it. Never raises for a failed
-    trial: NaN loss, out of memory, timeout and exceptions come back as `state="failed"`.
+    trial: NaN loss, out of memory, timeout and exceptions come back as `state="failed"`,
+    and so does a candidate whose predicted training memory exceeds what the worker was
+    given (`too_big: ...`, before its model is built; see `workers.memory`).
 
     Args:
         request: a `TrialRequest` or its dict (spec, config, key).
@@ -242,7 +306,13 @@ def _run(
                 f"but dataset `{info.name}` has {info.in_channels} channel(s) and "
                 f"{info.num_classes} classes"
             )
-        # 3. model, precision, layout
+        # 3. refuse what cannot fit before it allocates (swap or the OOM killer otherwise)
+        too_big = _too_big(spec, config, data, device)
+        if too_big is not None:
+            result.state, result.reason = "failed", too_big
+            return
+
+        # 4. model, precision, layout
         pl.seed_everything(config.seed, workers=True, verbose=False)
         net = build_model(spec)
         if result.params is None:
@@ -291,7 +361,7 @@ def _run(
             default_root_dir=None,
         )
 
-        # 4. train
+        # 5. train
         reset_peak_memory(device)
         try:
             trainer.fit(module, datamodule=datamodule)
@@ -304,7 +374,7 @@ def _run(
         _record_epochs(result, monitor)
         result.state = "pruned" if monitor.pruned else "complete"
 
-        # 5. measure the trained network
+        # 6. measure the trained network
         autocast_dtype = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(precision)
         latency_net = forward_net.to(device) if device.type == "cuda" else forward_net
         result.latency_ms, result.latency_ms_batch = measure_latency(

@@ -1,7 +1,9 @@
-"""Complexity from the spec alone agrees with the built model and torch's FLOP counter."""
+"""Complexity from the spec alone agrees with the built model and torch's FLOP counter; the
+training-memory estimate bounds what a real training step keeps, from above and closely."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 
 import optuna
@@ -9,9 +11,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from search_spaces import build_model, complexity, load_space, zoo
-from search_spaces.cost import stage_costs
-from search_spaces.spec import SKIP_TYPES, ArchitectureSpec, StageSpec
+from search_spaces import build_model, complexity, load_space, training_memory, zoo
+from search_spaces.cell import nb201_spec
+from search_spaces.cost import saved_activations, stage_costs
+from search_spaces.spec import BLOCK_TYPES, SKIP_TYPES, STEM_TYPES, ArchitectureSpec, StageSpec
 from tests.search_spaces.helpers import small_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,3 +158,131 @@ def test_rectangular_inputs_and_bad_sizes():
     for bad in (0, (32,), "32", True, (32, -1)):
         with pytest.raises(ValueError, match="`input_size`"):
             complexity(spec, bad)
+
+
+# -- training memory ---------------------------------------------------------------------------
+def measured_training_memory(spec, size: int, batch: int, optimizer: str) -> tuple[int, int]:
+    """(bytes of one real training step, bytes of the tensors it saved for the backward pass).
+
+    The saved tensors are what autograd's pack hook sees in one forward pass, each storage
+    once and parameters left out; the rest is the parameters, their gradients and the
+    optimizer's state after one step, counted on the tensors themselves.
+    """
+    torch.manual_seed(0)
+    model = build_model(spec)
+    params = list(model.parameters())
+    param_storages = {p.untyped_storage().data_ptr() for p in params}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in param_storages:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True)
+    else:
+        opt = torch.optim.AdamW(params, lr=1e-3)
+    x = torch.randn(batch, spec.in_channels, size, size)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = torch.nn.functional.cross_entropy(model(x), torch.zeros(batch, dtype=torch.long))
+    loss.backward()
+    opt.step()
+
+    def nbytes(tensors) -> int:
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+    state = [v for s in opt.state.values() for v in s.values() if torch.is_tensor(v)]
+    saved = sum(kept.values())
+    return nbytes(params) + nbytes(p.grad for p in params) + nbytes(state) + saved, saved
+
+
+# Small real models of every block family, stem and skip kind: (spec, input size, optimizer).
+MEMORY_CASES = {
+    "resnet20": (zoo.get("resnet20"), 32, "sgd"),
+    "resnet18-imagenet-stem": (replace(zoo.get("resnet18"), num_classes=10), 33, "sgd"),
+    "bottleneck-preact-se-inner-projection": (
+        small_spec("projection", "bottleneck", preact=True, se_ratio=0.25, se_position="inner"),
+        9,
+        "adamw",
+    ),
+    "basic-gated-se": (small_spec("gated", "basic", se_ratio=0.25), 9, "sgd"),
+    "basic-dense-skip-regnet-stem": (small_spec("dense", "basic", stem="regnet"), 9, "sgd"),
+    "basic-zero-pad-preact": (small_spec("zero_pad", "basic", preact=True), 9, "sgd"),
+    "plain-bottleneck": (small_spec("none", "bottleneck"), 9, "adamw"),
+    "basic-no-stem": (small_spec("identity", "basic", stem="none"), 9, "sgd"),
+    "nasbench201": (nb201_spec("333333", 10), 16, "sgd"),
+    **{
+        name: (ArchitectureSpec(stem_width=8, num_classes=5, **MODERN[name]), 9, "adamw")
+        for name in sorted(MODERN)
+    },
+}
+
+
+@pytest.mark.parametrize("name", sorted(MEMORY_CASES))
+def test_training_memory_bounds_a_real_training_step_from_above_within_3x(name):
+    spec, size, optimizer = MEMORY_CASES[name]
+    batch = 4
+    real, saved = measured_training_memory(spec, size, batch, optimizer)
+    states = {"sgd": 1, "adamw": 2}[optimizer]
+    estimate = training_memory(spec, size, batch, optimizer_states=states)
+    assert real <= estimate.total <= 3 * real, (name, real, estimate)
+    # The layer-by-layer count of kept tensors is itself close, and never below.
+    assert saved <= estimate.activations <= 1.5 * saved, (name, saved, estimate.activations)
+    assert estimate.weights == estimate.gradients == complexity(spec, size).params * 4
+    assert estimate.optimizer == states * estimate.weights
+
+
+def test_memory_cases_cover_every_block_type_and_stem():
+    specs = [spec for spec, _, _ in MEMORY_CASES.values()]
+    assert {s.block for spec in specs for s in spec.stages} == set(BLOCK_TYPES)
+    assert {spec.stem for spec in specs} == set(STEM_TYPES)
+
+
+def test_training_memory_grows_with_batch_size_and_width():
+    spec = zoo.get("resnet20")
+    totals = [training_memory(spec, 32, b).total for b in (1, 2, 8, 64, 256)]
+    assert totals == sorted(totals) and len(set(totals)) == len(totals)
+    activations = [training_memory(spec, 32, b).activations for b in (1, 2, 8)]
+    assert activations[1] == 2 * activations[0] and activations[2] == 8 * activations[0]
+
+    def widened(k: int) -> ArchitectureSpec:
+        return replace(
+            spec,
+            stem_width=16 * k,
+            stages=tuple(replace(s, width=s.width * k) for s in spec.stages),
+        )
+
+    totals = [training_memory(widened(k), 32, 8).total for k in (1, 2, 4)]
+    assert totals == sorted(totals) and len(set(totals)) == len(totals)
+    assert training_memory(spec, 64, 8).total > training_memory(spec, 32, 8).total
+    adam = training_memory(spec, 32, 8, optimizer_states=2)
+    assert adam.total > training_memory(spec, 32, 8).total
+
+
+def test_a_huge_candidate_is_priced_in_hundreds_of_gigabytes_in_milliseconds():
+    spec = ArchitectureSpec(
+        stages=(StageSpec(depth=2, width=4096), StageSpec(depth=2, width=4096, stride=2)),
+        stem="imagenet",
+        stem_width=4096,
+    )
+    start = time.perf_counter()
+    estimate = training_memory(spec, 224, 256)
+    assert time.perf_counter() - start < 0.05
+    assert estimate.total > 256 * 2**30  # beyond any one GPU: the worker refuses it
+    _, _, largest = saved_activations(spec, 224)
+    assert largest == 4096 * 112 * 112  # the stem's conv output
+
+
+def test_training_memory_rejects_bad_arguments():
+    spec = zoo.get("resnet20")
+    for kwargs in ({"batch_size": 0}, {"batch_size": True}, {"batch_size": 2.0}):
+        with pytest.raises(ValueError, match="`batch_size`"):
+            training_memory(spec, 32, **kwargs)
+    with pytest.raises(ValueError, match="`optimizer_states`"):
+        training_memory(spec, 32, 8, optimizer_states=-1)
+    with pytest.raises(ValueError, match="`eval_batch_size`"):
+        training_memory(spec, 32, 8, eval_batch_size=0)
+    with pytest.raises(ValueError, match="`input_size`"):
+        training_memory(spec, 0, 8)
