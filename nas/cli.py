@@ -226,7 +226,7 @@ def dashboard(
     from nas.errors import mask_url
     from nas.study import open_storage
 
-    optuna_storage = open_storage(storage)  # validates the URL, creates Optuna's tables
+    optuna_storage = open_storage(storage, retry_s=None)  # validates the URL, creates Optuna's tables
     open_store(storage).close()  # and ours (the dashboard itself creates none)
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(

@@ -66,7 +66,8 @@ def local_cluster() -> str | None:
     try:
         from ray._private.services import canonicalize_bootstrap_address
 
-        address = canonicalize_bootstrap_address(None)
+        with loopback_only():  # else Ray rewrites a recorded 127.0.0.1 to this machine's IP
+            address = canonicalize_bootstrap_address(None)
     except Exception:  # noqa: BLE001 - another Ray, or a bad record
         return None
     if address is None or os.environ.get("RAY_ADDRESS"):
@@ -119,14 +120,65 @@ def start_ray(address: str | None, *, slots: int | None, cpus_per_trial: float) 
     address = resolve_address(address)
     if address:
         try:
-            ray.init(address=address, **kwargs)
+            with _joining(address):
+                ray.init(address=address, **kwargs)
         except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
             raise UserError(f"cannot join the Ray cluster at {address}: {_first_line(exc)}") from None
         return "joined"
     want = int(math.ceil((slots or 0) * cpus_per_trial))
     ensure_auth_token()
-    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, want), **kwargs)
+    with loopback_only():
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, want), **kwargs)
     return "started"
+
+
+# A search's own Ray serves this process alone: its servers listen on loopback only and it
+# serves no Prometheus metrics (Ray's token auth covers its gRPC and HTTP APIs, not
+# /metrics). Ray has no bind-address setting: every server listens on the node's IP, and
+# `ray.init` replaces a node IP of 127.0.0.1 by the machine's address unless Ray's "cluster
+# mode" is off (services.resolve_ip_for_localhost). The two metrics servers with fixed ports
+# (dashboard head 44227, autoscaler 44217) cannot be turned off, only given port -1, which
+# they log in their own log files and go on without. Each can be set otherwise in the
+# environment by a person who wants Ray's metrics.
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_enable_metrics_collection": "0",
+    "DASHBOARD_METRIC_PORT": "-1",
+    "AUTOSCALER_METRIC_PORT": "-1",
+}
+
+
+def _joining(address: str) -> Any:
+    """What joining `address` needs: a cluster on this machine's loopback (`nas pool up`'s)
+    knows its node as 127.0.0.1, and a driver that takes itself for another IP finds no
+    raylet of its own there."""
+    host = address.removeprefix("ray://").rpartition(":")[0].strip("[]")
+    return loopback_only() if host in ("127.0.0.1", "localhost", "::1") else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def loopback_only() -> Any:
+    """While a local Ray starts: `LOOPBACK_ENV` (what the person has not set), which the Ray
+    processes started meanwhile inherit; this process's own view is restored after, so that
+    it can still join other clusters."""
+    from ray._private import ray_constants
+
+    saved_env = {k: os.environ.get(k) for k in LOOPBACK_ENV}
+    saved_mode = ray_constants.ENABLE_RAY_CLUSTER
+    for key, value in LOOPBACK_ENV.items():
+        os.environ.setdefault(key, value)
+    # Read when Ray is imported; set here too for a process that imported it already.
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"].lower() in \
+        ("1", "true")
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_mode
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def slots_of(*, workers: int | None, cpus_per_trial: float, gpus_per_trial: float) -> int:
@@ -169,13 +221,15 @@ def connect(address: str | None, *, start: bool) -> str:
         ensure_auth_token()
         cmd = [_ray_cli(), "start", "--head", "--port=0", "--node-ip-address=127.0.0.1",
                "--include-dashboard=false", "--disable-usage-stats"]
-        done = subprocess.run(cmd, capture_output=True, text=True)
+        env = {**LOOPBACK_ENV, **os.environ}  # as a search's own Ray: see LOOPBACK_ENV
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env)
         target = local_cluster()
         if done.returncode != 0 or target is None:
             tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
             raise UserError(f"could not start a Ray cluster (`{' '.join(cmd)}`): {tail[0]}")
     try:
-        ray.init(address=target, log_to_driver=False, configure_logging=False)
+        with _joining(target):
+            ray.init(address=target, log_to_driver=False, configure_logging=False)
     except Exception as exc:  # noqa: BLE001 - Ray raises ConnectionError, RuntimeError...
         raise UserError(f"cannot join the Ray cluster at {target}: {_first_line(exc)}") from None
     return target

@@ -10,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from nas.errors import UserError, mask_url
+from nas.executors.base import STALL_S
 from nas.sampler_options import parse_options, sampler_options
 
 # Kept light: the CLI imports this module before every command, so `workers` and the space
@@ -48,6 +49,11 @@ class SearchConfig(BaseModel):
     max_retries: int = 2
     enqueue: tuple[str, ...] = ()
     heartbeat_s: float = 10.0
+    stall_s: float | None = Field(
+        STALL_S, description="a running trial silent this long (no epoch, no beat) is given up "
+        "and retried; null: never")
+    db_retry_s: float = Field(60.0, description="how long a storage call is retried while the "
+                              "database does not answer (a restart) before the search stops")
     replay: str | None = Field(None, description="answer trials from this table (nas.tables)")
     train: dict[str, Any] = Field(default_factory=dict)
 
@@ -161,7 +167,7 @@ class SearchConfig(BaseModel):
             v = [p.strip() for p in v.split(",") if p.strip()]
         return tuple(v or ())
 
-    @field_validator("timeout", "max_compute_hours")
+    @field_validator("timeout", "max_compute_hours", "stall_s", "db_retry_s")
     @classmethod
     def _positive(cls, v: float | None) -> float | None:
         if v is not None and v <= 0:

@@ -13,3 +13,12 @@ def mask_url(url: str) -> str:
     from db.engine import display_url
 
     return display_url(url)
+
+
+def one_line(exc: BaseException) -> str:
+    """What a failed command records: a user or store error's own words, else the type and
+    message, on one line."""
+    from db import StoreError
+
+    text = str(exc) if isinstance(exc, UserError | StoreError) else f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())[:2000]

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from nas.executors.base import Epoch, Executor, Job, Lost, Result
+from nas.executors.base import DEADLINE_GRACE_S, Beat, Epoch, Executor, Job, Lost, Result
 
 # How long one turn waits for an event when nothing happens (heartbeats, stop signals).
 POLL_S = 1.0
@@ -35,8 +35,9 @@ class Work(Protocol):
 
     def on_lost(self, event: Lost) -> None: ...
 
-    def tick(self, now: float, running: int) -> None:
-        """Every turn: heartbeats and the progress display."""
+    def tick(self, now: float, quiet: dict[str, float]) -> None:
+        """Every turn: heartbeats and the progress display. `quiet`: each running trial's
+        seconds since its last sign of life (submission, an epoch, a beat)."""
 
     def abandon(self, keys: list[str], reason: str) -> None:
         """The loop stops with `keys` still running (cancelled unless the caller shuts the
@@ -71,17 +72,65 @@ def stop_signals() -> Iterator[dict[str, Any]]:
             signal.signal(s, h)
 
 
-def _give_up_hung(executor: Executor, work: Work, running: set[str],
-                  deadlines: dict[str, float]) -> None:
-    """Cancel (kill) every trial past its deadline and hand it to `work` as lost: the
-    driver, not the worker, owns liveness, so a frozen worker cannot stall the search."""
-    now = executor.now()
-    for key in sorted(k for k, at in deadlines.items() if at <= now and k in running):
+class _Watch:
+    """The driver's view of the liveness of what runs: when each trial must have ended (its
+    `Job.deadline_s`) and when it last showed a sign of life. The driver, not the worker,
+    owns liveness, so a frozen worker cannot stall the search."""
+
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
+        self.beats = executor.beat_s is not None
+        self.jobs: dict[str, Job] = {}
+        self.deadline: dict[str, float] = {}
+        self.sign: dict[str, float] = {}  # key -> last sign of life
+        self.fresh: set[str] = set()  # no sign since submission: still starting up
+
+    def submitted(self, job: Job, now: float) -> None:
+        self.jobs[job.key] = job
+        self.sign[job.key] = now
+        self.fresh.add(job.key)
+        if job.deadline_s is not None:
+            self.deadline[job.key] = now + job.deadline_s
+
+    def alive(self, key: str, now: float) -> None:
+        if key in self.jobs:
+            self.sign[key] = now
+            self.fresh.discard(key)
+
+    def ended(self, key: str) -> None:
+        for d in (self.jobs, self.deadline, self.sign):
+            d.pop(key, None)
+        self.fresh.discard(key)
+
+    def quiet(self, now: float) -> dict[str, float]:
+        return {key: now - at for key, at in self.sign.items()}
+
+    def overdue(self, now: float) -> list[tuple[str, str]]:
+        """(key, reason) of every trial past its deadline or silent for too long."""
+        out = []
+        for key in sorted(self.jobs):
+            stall_s = self.jobs[key].stall_s
+            # A worker beats from its start; before that (queueing, a fresh process importing
+            # torch) it gets the start-up grace as well.
+            limit = None if stall_s is None or not self.beats else (
+                stall_s + (DEADLINE_GRACE_S if key in self.fresh else 0.0))
+            if key in self.deadline and self.deadline[key] <= now:
+                out.append((key, "deadline: no result by the time limit plus its grace "
+                                 "(the worker hung or froze)"))
+            elif limit is not None and now - self.sign[key] > limit:
+                out.append((key, f"stalled: no sign of life for {now - self.sign[key]:.0f} s "
+                                 "(the worker froze, or its node is gone)"))
+        return out
+
+
+def _give_up_hung(executor: Executor, work: Work, running: set[str], watch: _Watch) -> None:
+    """Cancel (kill) every trial past its deadline or silent too long, and hand it to `work`
+    as lost (the work retries it like a lost worker)."""
+    for key, reason in watch.overdue(executor.now()):
         executor.cancel(key)
         running.discard(key)
-        del deadlines[key]
-        work.on_lost(Lost(key, "deadline: no result by the time limit plus its grace "
-                               "(the worker hung or froze)"))
+        watch.ended(key)
+        work.on_lost(Lost(key, reason))
 
 
 def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
@@ -93,7 +142,7 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
     kills it anyway) and handed to `work.abandon`; then the exception goes on.
     """
     running: set[str] = set()
-    deadlines: dict[str, float] = {}  # key -> when it is given up as hung (its Job.deadline_s)
+    watch = _Watch(executor)
     try:
         while True:
             if stop is not None and stop["signal"] is not None:
@@ -104,13 +153,16 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
                 for request in work.fill(free, now):
                     running.add(request.key)  # before: a submit that raises is abandoned too
                     executor.submit(request)
-                    if request.deadline_s is not None:
-                        deadlines[request.key] = executor.now() + request.deadline_s
-            _give_up_hung(executor, work, running, deadlines)
+                    watch.submitted(request, executor.now())
+            _give_up_hung(executor, work, running, watch)
             if not running and work.finished(executor.now()):
                 return
-            work.tick(executor.now(), len(running))
+            work.tick(executor.now(), watch.quiet(executor.now()))
             for event in executor.events(poll_s):
+                if event.key in running and isinstance(event, Epoch | Beat):
+                    watch.alive(event.key, executor.now())
+                if isinstance(event, Beat):
+                    continue
                 if isinstance(event, Epoch):
                     if event.key in running:
                         executor.decide(event.key, event.epoch, work.on_epoch(event))
@@ -120,13 +172,13 @@ def drive(executor: Executor, work: Work, *, stop: dict[str, Any] | None = None,
                     else:
                         work.on_lost(event)
                     running.discard(event.key)  # after: one that raises is abandoned
-                    deadlines.pop(event.key, None)
+                    watch.ended(event.key)
             executor.flush()  # the decisions of this batch, while the workers wait
     except BaseException as exc:
         if cancel_on_stop:
             for key in running:
                 executor.cancel(key)
-        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (
-            f"driver_error: {type(exc).__name__}")
+        reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else getattr(
+            exc, "abandon_reason", f"driver_error: {type(exc).__name__}")
         work.abandon(sorted(running), reason)
         raise

@@ -42,6 +42,7 @@ class Recorder:
         self.counts = dict.fromkeys(STATES, 0)
         self.compute_s = 0.0
         self.retried = 0  # lost trials handed to a retry (not counted as failed)
+        self.given_up = 0  # lost trials whose retries ran out (failed, not toward --trials)
         self.best: dict[str, Any] | None = None
         self.saved_archs: set[str] = set()
 

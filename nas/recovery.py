@@ -8,9 +8,10 @@ from typing import Any
 import optuna
 
 from db import Store
+from nas.losses import lost_trials
 from nas.proposer import Proposer
 from nas.recorder import Recorder, Subject
-from nas.study import fail_trial
+from nas.study import close_dead_searches, counted_trials, fail_trial
 
 TrialState = optuna.trial.TrialState
 
@@ -49,3 +50,22 @@ def subject_of(t: optuna.trial.FrozenTrial, proposer: Proposer, recipe: Any) -> 
     started = t.datetime_start.timestamp() if t.datetime_start else None
     return Subject(t.number, spec, recipe.recipe_id, recipe.dataset, recipe.epochs, cost.params,
                    cost.flops, retry_of=t.user_attrs.get("retry_of"), started=started)
+
+
+def recover_study(study: optuna.Study, *, store: Store, recorder: Recorder, proposer: Proposer,
+                  recipe: Any, config: Any, search_id: int, pruning: Any, cache: Any) -> int:
+    """Refuse a study another live driver searches; close what dead drivers left RUNNING (a
+    failed run row each, and a retry while it has retries left); tell the pruning rule the
+    rungs earlier runs reached and the duplicate cache and the recorder their runs. Returns
+    the trials that count toward --trials."""
+    close_dead_searches(store, config.study, own=search_id, heartbeat_s=config.heartbeat_s)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        close_orphan(t, study=study, store=store, recorder=recorder, proposer=proposer,
+                     recipe=recipe, max_retries=config.max_retries)
+    runs = store.runs(study.study_name)
+    accounted = counted_trials(trials := study.get_trials(deepcopy=False), lost_trials(runs))
+    pruning.resume(trials)
+    for run in runs:
+        cache.remember(run)
+        recorder.seen(run)
+    return accounted

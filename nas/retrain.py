@@ -289,7 +289,7 @@ class _Retrain:
             if job is not None:  # else its outcome was recorded before the stop
                 self.recorder.lost(job.subject, reason, [])
 
-    def tick(self, now: float, running: int) -> None:
+    def tick(self, now: float, quiet: dict[str, float]) -> None:
         pass
 
     def _done(self, job: _Job, run: RunRecord) -> None:

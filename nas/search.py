@@ -13,36 +13,30 @@ import math
 import os
 import socket
 import time
+from typing import Any
 
 import optuna
 
-from db import RunRecord, Store, StoreError
+from db import DatabaseUnavailable, RunRecord, Store, StoreError
 from nas.cache import DuplicateCache
 from nas.config import SearchConfig
-from nas.errors import UserError
+from nas.errors import UserError, one_line
 from nas.events import Progress, SearchSummary, TrialEvent
 from nas.executors.base import Epoch, Executor, Job, Lost, Result
 from nas.executors.choose import ray_executor
 from nas.executors.replay import ReplayExecutor
 from nas.inputs import Inputs, resolve_inputs
 from nas.loop import drive, stop_signals
+from nas.losses import LostStreak, is_loss, lost_trials
 from nas.proposer import Proposal, Proposer, resolve_architecture
 from nas.pruning import PruningRule
 from nas.recorder import Recorder, Subject
-from nas.recovery import close_orphan
+from nas.recovery import recover_study
 from nas.samplers import make_sampler
-from nas.study import (
-    best_trials,
-    close_dead_searches,
-    counted_trials,
-    fail_trial,
-    open_storage,
-    open_study,
-)
+from nas.study import best_trials, counted_trials, fail_trial, open_storage, open_study
 
 __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
 
-TrialState = optuna.trial.TrialState
 # Consecutive proposals that break a constraint before we call the constraints impossible.
 MAX_CONSECUTIVE_INFEASIBLE = 200
 # The parameter limit of a space that sets none (a custom YAML file): above every zoo model
@@ -85,9 +79,9 @@ class Search:
                                    multi_objective=config.multi_objective)
         # 2. the store, then Optuna's tables beside ours in the same database.
         # Given: benchmarks that replay thousands of searches keep Optuna's side in memory.
-        storage = optuna_storage or open_storage(config.storage)
+        storage = optuna_storage or open_storage(config.storage, retry_s=config.db_retry_s)
         try:
-            self.store = Store(config.storage)
+            self.store = Store(config.storage, retry_budget_s=config.db_retry_s)
         except StoreError as exc:
             raise UserError(str(exc)) from None
         self.study = open_study(
@@ -114,6 +108,9 @@ class Search:
         self.ready: list[Proposal] = []  # duplicates whose original did not finish
         self.accounted = 0  # trials of earlier runs that count toward --trials
         self.status = "finished"  # | interrupted | failed | budget | stopped
+        self.error: str | None = None  # the one line a failed search ended with
+        self._lost_streak = LostStreak()
+        self._db_down = False  # the database stopped answering: write nothing more
         self._seq = 0
         self._infeasible_streak = 0
         self._started = 0.0
@@ -122,19 +119,11 @@ class Search:
 
     # -- set-up -------------------------------------------------------------------------------
     def _recover(self) -> None:
-        """Refuse a study another live driver searches; close what a dead one left RUNNING
-        (a failed run row each, and a retry while it has retries left)."""
-        close_dead_searches(self.store, self.config.study, own=self.search_id,
-                            heartbeat_s=self.config.heartbeat_s)
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            close_orphan(t, study=self.study, store=self.store, recorder=self.recorder,
-                         proposer=self.proposer, recipe=self.recipe,
-                         max_retries=self.config.max_retries)
-        self.accounted = counted_trials(trials := self.study.get_trials(deepcopy=False))
-        self.pruning.resume(trials)
-        for run in self.store.runs(self.config.study):
-            self.cache.remember(run)
-            self.recorder.seen(run)
+        """Refuse a study another live driver searches; close what a dead one left RUNNING."""
+        self.accounted = recover_study(self.study, store=self.store, recorder=self.recorder,
+                                       proposer=self.proposer, recipe=self.recipe,
+                                       config=self.config, search_id=self.search_id,
+                                       pruning=self.pruning, cache=self.cache)
 
     def _subject(self, p: Proposal) -> Subject:
         return Subject(p.number, p.spec, self.recipe.recipe_id, self.recipe.dataset,
@@ -167,23 +156,17 @@ class Search:
             self._started = executor.now() - (time.time() - started)  # --timeout counts set-up
             self._deadline = self._started + cfg.timeout if cfg.timeout else math.inf
             self._next_beat = self._started + cfg.heartbeat_s
-            info = executor.info
-            self.progress.start({
-                "study": cfg.study, "storage": self.store.display_url, "target": cfg.trials,
-                "already": self.accounted, "slots": executor.capacity, "space": self.space.name,
-                "pruner": self.pruning.name, "sampler": cfg.sampler, "epochs": self.epochs,
-                "objectives": list(cfg.objectives), "timeout_s": cfg.timeout,
-                "compute_budget_s": (cfg.max_compute_hours or 0) * 3600 or None,
-                "runners": info.get("runners", 0), "runners_note": self.runners_note,
-            })
+            self.progress.start(_start_info(self, executor))
             with stop_signals() as stop:
                 # A Ray we started goes down with us (shutdown kills its workers); cancelling
                 # its tasks one by one as well has tripped Ray's task manager into aborting.
                 drive(executor, self, stop=stop, cancel_on_stop=ray_started != "started")
         except KeyboardInterrupt:
             self.status = "interrupted"
-        except BaseException:
+        except BaseException as exc:
             self.status = "failed"
+            self.error = one_line(exc)
+            self._db_down = self._db_down or isinstance(exc, DatabaseUnavailable)
             raise
         finally:
             try:
@@ -196,13 +179,14 @@ class Search:
             best=best_trials(self.study, self.store, cfg.objectives),
             wall_s=time.time() - started, compute_s=self.recorder.compute_s,
             trials_in_study=len(self.study.get_trials(deepcopy=False)),
-            counted=counted_trials(self.study.get_trials(deepcopy=False)),
+            counted=counted_trials(self.study.get_trials(deepcopy=False),
+                                   lost_trials(self.store.runs(cfg.study))),
         )
 
     # -- Work: what the loop asks of a search ----------------------------------------------------
     def _left(self) -> int:
         counts = self.recorder.counts
-        done = sum(v for k, v in counts.items() if k != "infeasible")
+        done = sum(v for k, v in counts.items() if k != "infeasible") - self.recorder.given_up
         outstanding = len(self.pending) + len(self.ready) + len(self.cache.all_waiting())
         return self.config.trials - (self.accounted + done + outstanding)
 
@@ -264,7 +248,8 @@ class Search:
         self.pending[key] = p
         self.cache.started(p.key)
         self.progress.launched(p.number, p.spec.summary())
-        return Job(key, p.spec.to_dict(), self.recipe.to_dict(), prunable=self.pruning.active)
+        return Job(key, p.spec.to_dict(), self.recipe.to_dict(), prunable=self.pruning.active,
+                   stall_s=self.config.stall_s)
 
     def _answer_from(self, p: Proposal, source: RunRecord) -> None:
         subject = self._subject(p)
@@ -295,6 +280,7 @@ class Search:
         result = event.result
         subject = self._subject(p)
         run = self.recorder.result(subject, result)
+        self._lost_streak.finished()
         acc = result.get("val_accuracy")
         if run.duration_s is not None:  # the dashboard's own duration also holds the queueing
             p.trial.set_user_attr("train_seconds", round(run.duration_s, 2))
@@ -317,6 +303,7 @@ class Search:
         p = self.pending.pop(event.key)
         self.ready.extend(self.cache.ended(p.key))
         self._give_up(p, event.reason)
+        self._lost_streak.lost(event.reason, slots=self.executor.capacity if self.executor else 1)
 
     def _give_up(self, p: Proposal, reason: str) -> None:
         """`p` will never report: a failed run row, FAIL in Optuna, and a retry if allowed."""
@@ -328,8 +315,10 @@ class Search:
             return  # another process has closed it (this driver was taken for dead)
         retried = fail_trial(self.study, p.number, p.trial.params, p.trial.user_attrs,
                              max_retries=self.config.max_retries)
-        # A retried trial is accounted for by its retry (and said in the summary).
+        # A retried trial is accounted for by its retry (and said in the summary); a lost one
+        # whose retries ran out is shown as failed but not counted toward --trials.
         self.recorder.retried += bool(retried)
+        self.recorder.given_up += not retried and is_loss(reason)
         self.recorder.emit(subject, "failed", reason=reason + (" (retrying)" if retried else ""),
                            count=not retried)
 
@@ -337,30 +326,49 @@ class Search:
         """Everything not yet told: what runs (`keys`, cancelled), what was handed out but
         not submitted, duplicates waiting for an original, and those ready to retrain."""
         for p in [*self.pending.values(), *self.ready, *self.cache.clear()]:
-            self._give_up(p, reason)
+            try:  # with the database gone the rest stays RUNNING: the next run closes it
+                self._db_down or self._give_up(p, reason)
+            except DatabaseUnavailable:
+                self._db_down = True
         self.pending.clear()
         self.ready = []
 
-    def tick(self, now: float, running: int) -> None:
+    def tick(self, now: float, quiet: dict[str, float]) -> None:
         if now < self._next_beat:
             return
         self._next_beat = now + self.config.heartbeat_s
-        self.store.heartbeat(self.search_id)
+        # What `nas status` shows of each running trial: how long since its last sign of life.
+        self.store.heartbeat(self.search_id, live={
+            str(self.pending[key].number): round(s, 1) for key, s in quiet.items()
+            if key in self.pending})
         if self.status == "finished" and self.store.stop_requested(self.search_id):  # nas stop
             self.status = "stopped"  # propose no more, finish what runs
         self.progress.tick({
-            "elapsed_s": now - self._started, "busy": running,
+            "elapsed_s": now - self._started, "busy": len(quiet),
             "slots": self.executor.capacity if self.executor else 0,
             "counts": dict(self.recorder.counts), "best": self.recorder.best,
             "compute_s": self.recorder.compute_s,
         })
 
 
+def _start_info(search: Search, executor: Executor) -> dict[str, Any]:
+    """What the display says when the search starts."""
+    cfg, info = search.config, executor.info
+    return {"study": cfg.study, "storage": search.store.display_url, "target": cfg.trials,
+            "already": search.accounted, "slots": executor.capacity, "space": search.space.name,
+            "pruner": search.pruning.name, "sampler": cfg.sampler, "epochs": search.epochs,
+            "objectives": list(cfg.objectives), "timeout_s": cfg.timeout,
+            "compute_budget_s": (cfg.max_compute_hours or 0) * 3600 or None,
+            "runners": info.get("runners", 0), "runners_note": search.runners_note}
+
+
 def _close(search: Search, executor: Executor | None, ray_started: str) -> None:
     """Record how `search` ended; close its executor and the Ray it started."""
     try:
         ended = {"budget": "finished", "stopped": "interrupted"}
-        search.store.end_search(search.search_id, ended.get(search.status, search.status))
+        if not search._db_down:  # else its heartbeat goes stale: the next run closes it
+            search.store.end_search(search.search_id, ended.get(search.status, search.status),
+                                    error=search.error)
     finally:
         if executor is not None and search.executor is executor:
             executor.close()

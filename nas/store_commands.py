@@ -13,7 +13,7 @@ from typing import Any, TextIO
 from rich.markup import escape
 from rich.table import Table
 
-from db import RunRecord, Store, StoreError
+from db import RunRecord, SearchRecord, Store, StoreError
 from db.store import record_fields
 from nas.consoles import console_for
 
@@ -138,6 +138,20 @@ def print_trials(
     console_for(out).print(table)
 
 
+# A running trial silent this long (its worker beats every 5 s) is shown as stalled; the
+# driver gives it up at the search's `stall_s` (default 120 s).
+SHOWN_STALLED_S = 30.0
+
+
+def _stalled(search: SearchRecord, now: float) -> list[str]:
+    """Lines for the trials of a running search that have been silent for a while, as of
+    now (the silence its driver recorded at its last heartbeat, plus the time since)."""
+    since = 0.0 if search.heartbeat is None else max(0.0, now - search.heartbeat)
+    quiet = {int(n): float(s) + since for n, s in search.live.items()}
+    return [f"trial {n}: stalled, no sign of life for {_age(s).removesuffix(' ago')}"
+            for n, s in sorted(quiet.items()) if s >= SHOWN_STALLED_S]
+
+
 def print_status(store: Store, *, file: TextIO | None = None, now: float | None = None,
                  queue: dict[str, dict[str, int]] | None = None) -> None:
     """One row per study: runs by state, retried, cached, best accuracy, running searches'
@@ -168,15 +182,15 @@ def print_status(store: Store, *, file: TextIO | None = None, now: float | None 
         table.add_column(name, justify="left" if name in ("study", "running searches") else "right")
     for item in studies:
         searches = []
-        if item["running_searches"]:
-            for search in store.searches(item["name"]):
-                if search.status == "running":
-                    age = None if search.heartbeat is None else now - search.heartbeat
-                    searches.append(
-                        escape(f"#{search.id} {search.host or '?'}:{search.pid or '?'} ")
-                        + f"heartbeat {_age(age)}"
-                        + (" (stopping: `nas stop`)" if search.stopping else "")
-                    )
+        for search in store.searches(item["name"]) if item["running_searches"] else []:
+            if search.status == "running":
+                age = None if search.heartbeat is None else now - search.heartbeat
+                searches.append(
+                    escape(f"#{search.id} {search.host or '?'}:{search.pid or '?'} ")
+                    + f"heartbeat {_age(age)}"
+                    + (" (stopping: `nas stop`)" if search.stopping else "")
+                    + "".join(f"\n  [yellow]{escape(line)}[/]" for line in _stalled(search, now))
+                )
         last = item["last_activity"]
         table.add_row(
             escape(item["name"]),

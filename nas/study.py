@@ -21,6 +21,7 @@ from db import Store, StoreError
 from db.engine import describe_error, scrub
 from db.store import STALE_HEARTBEATS  # older: the search is taken as dead
 from nas.errors import UserError, mask_url
+from nas.storage_retry import wrap_storage
 from search_spaces import ArchitectureSpec
 
 TrialState = optuna.trial.TrialState
@@ -60,9 +61,10 @@ def _first_line(exc: BaseException, url: str) -> str:
     return scrub(out, None).replace(url, mask_url(url))
 
 
-def open_storage(url: str) -> optuna.storages.RDBStorage:
+def open_storage(url: str, *, retry_s: float | None = 60.0) -> optuna.storages.BaseStorage:
     """Optuna's storage on `url`, with `pool_pre_ping` for PostgreSQL (#5600) and the
-    store's connection arguments."""
+    store's connection arguments; every call retried through a database restart for up to
+    `retry_s` seconds (None: the bare `RDBStorage`, which optuna-dashboard wants)."""
     from sqlalchemy.engine import make_url
 
     from db.engine import pg_connect_args
@@ -86,7 +88,10 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
                         ) from None
     if real.startswith("sqlite"):
         _sqlite_like_the_store(storage.engine)
-    return storage
+    if retry_s is None:
+        return storage
+    # Optuna caches trials only in front of a bare RDBStorage: wrap_storage keeps that cache.
+    return wrap_storage(storage, real, budget_s=retry_s)
 
 
 def _sqlite_like_the_store(engine: Any) -> None:
@@ -181,13 +186,16 @@ def fail_trial(
     return True
 
 
-def counted_trials(trials: list[optuna.trial.FrozenTrial]) -> int:
+def counted_trials(trials: list[optuna.trial.FrozenTrial], lost: set[int] | frozenset[int] = frozenset()
+                   ) -> int:
     """How many of the study's trials count toward `--trials`: the finished ones, less those
-    that broke a constraint (never trained) and those a retry replaces."""
+    that broke a constraint (never trained), those a retry replaces, and the trial numbers in
+    `lost` (lost trials whose retries ran out: nothing was learnt from them)."""
     retried = {t.user_attrs.get("retry_of") for t in trials} - {None}
     return sum(
         1 for t in trials
         if t.state.is_finished() and not t.user_attrs.get("infeasible") and t.number not in retried
+        and not (t.state == TrialState.FAIL and t.number in lost)
         # queued trials an older resnas revoked before they started
         and not str(t.user_attrs.get("reason", "")).startswith("not_started")
     )

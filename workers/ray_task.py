@@ -14,9 +14,12 @@ machine (bench/README.md), which is most of what a short search loses to start-u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import hashlib
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +32,9 @@ BROKER_NAME = "resnas-broker"  # the pool's ReportBroker, shared by the searches
 # How long a worker waits for the owner's pruning decision before it carries on training.
 # The owner answers within milliseconds; this only matters if the owner is gone.
 DECISION_TIMEOUT_S = 120.0
+# How often a worker tells the broker it is alive while it trains (from a thread beside the
+# training, so a long epoch or a compile still beats; a frozen process does not).
+BEAT_S = 5.0
 
 
 def channel_of(key: str) -> str:
@@ -49,6 +55,7 @@ class ReportBroker:
     def __init__(self, channel: str | None = None) -> None:
         """`channel`: the one search this broker serves, open from the start."""
         self._pending: dict[str, list[tuple[str, int, dict[str, Any]]]] = {}
+        self._beats: dict[str, set[str]] = {}  # channel -> keys that beat since the last read
         self._new: dict[str, asyncio.Event] = {}
         self._decisions: dict[tuple[str, int], bool] = {}
         self._events: dict[tuple[str, int], asyncio.Event] = {}
@@ -59,6 +66,7 @@ class ReportBroker:
     def _open(self, channel: str) -> None:
         self._opened += 1
         self._pending.setdefault(channel, [])
+        self._beats.setdefault(channel, set())
         self._new.setdefault(channel, asyncio.Event())
 
     async def open(self, channel: str) -> str:
@@ -71,6 +79,7 @@ class ReportBroker:
         """Called by a search when it ends: forget its keys, and tell any worker still
         waiting for one of its decisions to stop."""
         self._pending.pop(channel, None)
+        self._beats.pop(channel, None)
         self._new.pop(channel, None)
         mine = [k for k in self._events if channel_of(k[0]) == channel]
         for k in mine:
@@ -107,14 +116,20 @@ class ReportBroker:
         """Called by a worker of a search that never prunes: the epoch, without waiting."""
         self._add(key, epoch, metrics)
 
+    async def beat(self, key: str) -> None:
+        """Called by a worker's beat thread while it trains: the trial's process is alive."""
+        beats = self._beats.get(channel_of(key))
+        if beats is not None:
+            beats.add(key)
+
     async def next_reports(
         self, channel: str, timeout: float
-    ) -> list[tuple[str, int, dict[str, Any]]]:
+    ) -> tuple[list[tuple[str, int, dict[str, Any]]], list[str]]:
         """Called by an owner: waits until at least one report of its channel is pending (or
-        `timeout`)."""
+        `timeout`); returns the reports and the keys that beat since the last call."""
         new = self._new.get(channel)
         if new is None:
-            return []
+            return [], []
         if not self._pending[channel]:
             new.clear()
             try:
@@ -124,7 +139,9 @@ class ReportBroker:
         pending = self._pending.get(channel, [])
         if pending:
             self._pending[channel] = []
-        return pending
+        beats = self._beats.get(channel, set())
+        self._beats[channel] = set()
+        return pending, sorted(beats)
 
     async def decide(self, decisions: list[tuple[str, int, bool]]) -> None:
         """Called by the owner: wakes each waiting worker with its decision."""
@@ -165,12 +182,36 @@ def _execute(request: dict[str, Any], broker: Any, threads: int) -> dict[str, An
 
     torch.set_num_threads(max(1, threads))
     reporter = BrokerReporter(broker, request.get("key", ""), wait=wait) if broker is not None else None
-    result = run_trial(request, reporter=reporter)
+    with _beating(broker, request.get("key", "")):
+        result = run_trial(request, reporter=reporter)
     data = result.to_dict()
     data["weights"] = result.weights
     data["node_id"] = ray.get_runtime_context().get_node_id()
     data["worker_pid"] = os.getpid()  # which process trained it (a resident runner's pid)
     return data
+
+
+@contextlib.contextmanager
+def _beating(broker: Any, key: str) -> Iterator[None]:
+    """Beat to the broker every `BEAT_S` while the block runs (the owner's liveness check)."""
+    if broker is None:
+        yield
+        return
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(BEAT_S):
+            try:
+                broker.beat.remote(key)
+            except Exception:  # noqa: BLE001 - the broker is gone: its search has ended
+                return
+
+    thread = threading.Thread(target=beat, name="resnas-beat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
 
 
 _remote_execute = ray.remote(_execute)

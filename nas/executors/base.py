@@ -16,6 +16,11 @@ from typing import Any, Protocol
 # (SIGSTOP, a dead NFS mount, a deadlock) and the loop gives it up.
 DEADLINE_GRACE_S = 60.0
 DEADLINE_GRACE_SHARE = 0.25
+# How long a running trial may stay silent (no epoch, no beat) before the loop gives it up
+# as stalled, on an executor whose workers beat (`Executor.beat_s`). Its workers beat every
+# few seconds from a thread beside the training, so silence means the process is frozen
+# (SIGSTOP, swapped out, a dead node), not that an epoch or a compile is long.
+STALL_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -27,6 +32,7 @@ class Job:
     spec: dict[str, Any]
     config: dict[str, Any]
     prunable: bool = True  # the worker waits for a decision after each epoch
+    stall_s: float | None = STALL_S  # silence after which it is given up (None: never)
 
     @property
     def deadline_s(self) -> float | None:
@@ -61,6 +67,13 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """A trial's worker is alive (it beats while an epoch runs)."""
+
+    key: str
+
+
+@dataclass(frozen=True)
 class Lost:
     """A trial's worker died, or the trial could not be delivered; it will never report."""
 
@@ -68,7 +81,7 @@ class Lost:
     reason: str
 
 
-Event = Epoch | Result | Lost
+Event = Epoch | Result | Lost | Beat
 
 
 class Executor(Protocol):
@@ -81,6 +94,11 @@ class Executor(Protocol):
     @property
     def info(self) -> dict[str, Any]:
         """What the progress display says about it (kind, runners, notes)."""
+
+    @property
+    def beat_s(self) -> float | None:
+        """How often its running trials send a `Beat` (seconds); None if they do not, and
+        then the loop never takes silence for a stall."""
 
     def now(self) -> float:
         """The clock the loop measures deadlines and budgets with (seconds)."""

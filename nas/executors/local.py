@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from nas.executors.base import Epoch, Event, Job, Lost, Result
+from nas.executors.base import Beat, Epoch, Event, Job, Lost, Result
 
 
 @dataclass
@@ -56,9 +56,12 @@ class LocalExecutor:
     kind = "local"
 
     def __init__(self, trainer: Callable[[Job], Script], *, capacity: int = 2,
-                 clock: ManualClock | None = None) -> None:
+                 clock: ManualClock | None = None, beat_s: float | None = None) -> None:
+        """`beat_s`: its trials beat (a `Beat` of every live one each time the clock moves),
+        as Ray workers do; a hung one stops beating."""
         self.trainer = trainer
         self._capacity = capacity
+        self._beat_s = beat_s
         self.clock = clock or ManualClock()
         self.running: dict[str, _Running] = {}
         self._ready: list[Event] = []  # events due now (decided prunes)
@@ -72,6 +75,10 @@ class LocalExecutor:
     @property
     def info(self) -> dict[str, Any]:
         return {"executor": self.kind, "slots": self._capacity, "runners": 0}
+
+    @property
+    def beat_s(self) -> float | None:
+        return self._beat_s
 
     def now(self) -> float:
         return self.clock()
@@ -102,8 +109,7 @@ class LocalExecutor:
         """The next event: the next epoch at `at`, or the worker's death if sooner."""
         lost = run.script.lost_after_s
         run.next_at = at if lost is None else min(at, run.started + lost)
-        if run.script.hangs_after_epochs is not None and \
-                run.done_epochs >= run.script.hangs_after_epochs:
+        if self._hung(run):
             run.next_at = math.inf
 
     def flush(self) -> None:
@@ -122,18 +128,25 @@ class LocalExecutor:
             out, self._ready = self._ready, []
             return out
         moving = [r for r in self.running.values() if not r.waiting]
-        if not moving:
-            self.clock.t += timeout
-            return []
-        at = min(r.next_at for r in moving)
+        at = min((r.next_at for r in moving), default=math.inf)
         if at > self.clock() + timeout:
             self.clock.t += timeout
-            return []
+            return self._beats()
         self.clock.t = max(self.clock.t, at)
         for run in [r for r in moving if r.next_at == at]:
             self._step(run)
-        out, self._ready = self._ready, []
+        out, self._ready = [*self._beats(), *self._ready], []
         return out
+
+    def _beats(self) -> list[Event]:
+        if self._beat_s is None:
+            return []
+        return [Beat(key) for key, run in self.running.items() if not self._hung(run)]
+
+    @staticmethod
+    def _hung(run: _Running) -> bool:
+        n = run.script.hangs_after_epochs
+        return n is not None and run.done_epochs >= n
 
     def _step(self, run: _Running) -> None:
         script, key = run.script, run.request.key

@@ -93,17 +93,44 @@ class PoolExecutor(RayExecutor):
         super().__init__(broker=broker)
         self.handles = handles
         self.busy: dict[str, int] = {}  # key -> runner index
+        # Runners restarting after their process died or was killed: index -> their `info`
+        # call, which answers once the restart (the imports) is done. Until then a call to
+        # one fails at once, and each would burn a trial's retry.
+        self.resting: dict[int, Any] = {}
+        self.gone: set[int] = set()  # runners that will not come back
+
+    def _rest(self, index: int) -> None:
+        self.resting[index] = self.handles[index].info.remote()
+
+    def _wake(self) -> None:
+        if not self.resting:
+            return
+        ready, _ = self._ray.wait(list(self.resting.values()), num_returns=len(self.resting),
+                                  timeout=0)
+        for index, ref in list(self.resting.items()):
+            if ref in ready:
+                del self.resting[index]
+                try:
+                    self._ray.get(ref)
+                except self._ray.exceptions.ActorUnavailableError:
+                    self._rest(index)  # still restarting: ask again next turn
+                except Exception:  # noqa: BLE001 - dead for good (its node is gone)
+                    self.gone.add(index)
+        if len(self.gone) == len(self.handles):
+            raise UserError("every resident runner of the pool is gone (`nas pool status` "
+                            "shows them; `nas pool up` starts new ones)")
 
     @property
     def capacity(self) -> int:
-        return len(self.handles)
+        self._wake()
+        return len(self.handles) - len(self.resting) - len(self.gone)
 
     @property
     def info(self) -> dict[str, Any]:
         return {"executor": self.kind, "slots": len(self.handles), "runners": len(self.handles)}
 
     def idle_runner(self) -> int:
-        taken = set(self.busy.values())
+        taken = set(self.busy.values()) | set(self.resting) | self.gone
         free = [i for i in range(len(self.handles)) if i not in taken]
         if not free:
             raise RuntimeError("every resident runner is busy")  # the loop keeps to capacity
@@ -113,6 +140,10 @@ class PoolExecutor(RayExecutor):
         index = self.idle_runner()
         self.busy[request.key] = index
         return self.handles[index].run.remote(self._payload(request), self.broker)
+
+    def _worker_lost(self, key: str) -> None:
+        if key in self.busy:
+            self._rest(self.busy[key])
 
     def _released(self, key: str) -> None:
         super()._released(key)
@@ -128,3 +159,4 @@ class PoolExecutor(RayExecutor):
             self._ray.kill(self.handles[index], no_restart=False)
         except Exception:  # noqa: BLE001 - the runner may be gone already
             pass
+        self._rest(index)

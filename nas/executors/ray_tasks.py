@@ -11,7 +11,7 @@ import secrets
 import time
 from typing import Any
 
-from nas.executors.base import Epoch, Event, Job, Lost, Result
+from nas.executors.base import Beat, Epoch, Event, Job, Lost, Result
 
 # How long `events` waits on the broker per round trip; a trial's result wakes it sooner.
 REPORT_WAIT_S = 0.5
@@ -32,6 +32,9 @@ class RayExecutor:
         self._decisions: list[tuple[str, int, bool]] = []
         self._prunable: set[str] = set()  # keys whose workers wait for each decision
         self._reports: Any = None  # the outstanding `next_reports` call
+        from workers.ray_task import BEAT_S
+
+        self.beat_s: float | None = BEAT_S
 
     # -- the broker ---------------------------------------------------------------------------
     def _open_broker(self, shared: Any) -> tuple[Any, bool]:
@@ -87,24 +90,46 @@ class RayExecutor:
         ready, _ = ray.wait([*by_ref, self._reports], num_returns=1, timeout=timeout)
         out: list[Event] = []
         if self._reports in ready:
-            for wire, epoch, metrics in ray.get(self._reports):
+            try:
+                reports, beats = ray.get(self._reports)
+            except Exception as exc:  # noqa: BLE001 - the broker died (a pool's, killed with its runners)
+                self._reports = None
+                return self._broker_lost(exc)
+            for wire, epoch, metrics in reports:
                 key = wire.split(":", 1)[1]
                 if key in self._refs:
                     out.append(Epoch(key, epoch, metrics))
                 else:  # cancelled meanwhile: let its worker go
                     self._decisions.append((wire, epoch, True))
+            out.extend(Beat(key) for wire in beats if (key := wire.split(":", 1)[1]) in self._refs)
             self._reports = None
         if ready and by_ref:
             done, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=0)
             for ref in done:
                 key = by_ref[ref]
                 del self._refs[key]
-                self._released(key)
                 try:
                     out.append(Result(key, ray.get(ref)))
                 except Exception as exc:  # noqa: BLE001 - a worker or node died
+                    self._worker_lost(key)
                     out.append(Lost(key, f"worker_lost: {type(exc).__name__}"))
+                self._released(key)
         return out
+
+    def _broker_lost(self, exc: Exception) -> list[Event]:
+        """The broker is gone, and with it every running trial's way to report: each is
+        stopped and lost (the loop retries it), and later trials report to a new broker of
+        this search's own."""
+        out: list[Event] = []
+        for key in list(self._refs):
+            self.cancel(key)
+            out.append(Lost(key, f"worker_lost: the report broker died ({type(exc).__name__})"))
+        self._decisions = []
+        self.broker, self._own_broker = self._open_broker(None)
+        return out
+
+    def _worker_lost(self, key: str) -> None:
+        """The worker of `key` died (a task's process is not reused: nothing to do)."""
 
     def _released(self, key: str) -> None:
         """`key` no longer occupies its worker."""

@@ -104,12 +104,15 @@ def test_a_lost_worker_is_retried_as_a_linked_trial_until_the_retries_run_out(sq
     assert summary.counts == {"complete": 4, "pruned": 0, "failed": 0, "cached": 0,
                               "infeasible": 0, "retried": 2}
 
-    # With no retries left the failure counts toward --trials.
+    # With no retries left the loss is shown as failed but does not count toward --trials:
+    # nothing was learnt from it, so another trial takes its place (on a resume too).
     other = sqlite_url.replace("nas.db", "noretry.db")  # no runs to answer duplicates from
     summary = run_search(config(other, trials=3, max_retries=0),
                          executor=LocalExecutor(dies_for({0}), capacity=1))
-    assert (summary.counts["failed"], summary.counts["complete"]) == (1, 2)
-    assert len(trials_of(other)) == 3
+    assert (summary.counts["failed"], summary.counts["complete"]) == (1, 3)
+    assert len(trials_of(other)) == 4 and summary.counted == 3
+    again = run_search(config(other, trials=3, max_retries=0), executor=LocalExecutor(curve))
+    assert sum(again.counts.values()) == 0 and again.counted == 3
 
 
 def test_a_compute_budget_stops_proposing_and_lets_running_trials_finish(sqlite_url):
@@ -457,6 +460,145 @@ def test_without_a_time_limit_a_trial_has_no_deadline():
 
     assert Job("k", {}, {"epochs": 2}).deadline_s is None
     assert Job("k", {}, {"time_limit_s": 40}).deadline_s > 40
+
+
+class _Watching(Progress):
+    """Reads the search row at each tick of the display (the heartbeat has been written)."""
+
+    def __init__(self, url: str, study: str = "loop") -> None:
+        self.store, self.study, self.live = Store(url), study, []
+
+    def tick(self, snapshot) -> None:
+        self.live.append(self.store.searches(self.study)[-1].live)
+
+
+def test_a_silent_worker_without_a_time_limit_is_given_up_as_stalled(sqlite_url):
+    # Trial 1 reports one epoch and then nothing, not even a beat (a SIGSTOPped worker); the
+    # recipe has no time limit, so only the silence can tell. Trial 0's epochs take 200 s,
+    # longer than the stall limit, but it beats all along: it is not touched.
+    from nas.store_commands import print_status
+
+    def trainer(request):
+        number = int(request.key.split(":")[0])
+        return curve(request, epoch_s=200.0 if number == 0 else 10.0,
+                     hangs_after_epochs=1 if number == 1 else None)
+
+    executor = LocalExecutor(trainer, capacity=2, beat_s=1.0)
+    watching = _Watching(sqlite_url)
+    summary = run_search(config(sqlite_url, trials=3, stall_s=60, heartbeat_s=10),
+                         executor=executor, progress=watching)
+    runs = {r.trial_number: r for r in Store(sqlite_url).runs("loop")}
+    assert runs[0].state == "complete" and runs[0].retry_of is None
+    assert runs[1].state == "failed" and runs[1].reason.startswith("stalled: no sign of life")
+    assert next(r for r in runs.values() if r.retry_of == 1).state == "complete"
+    assert ("cancel", next(k for w, k in executor.log if k.startswith("1:"))) in executor.log
+    assert summary.status == "finished" and summary.counts["complete"] == 3
+    # While it was silent, the heartbeats said so; `nas status` shows it stalled; the row
+    # of the ended search holds no trials any more.
+    silences = [live["1"] for live in watching.live if "1" in live]
+    assert max(silences) >= 60 and min(silences) < 15
+    assert not [t for t in trials_of(sqlite_url) if t.state == optuna.trial.TrialState.RUNNING]
+    store = Store(sqlite_url)
+    assert store.searches("loop")[-1].live == {}
+    search_id = store.start_search("loop", {}, host="h", pid=os.getpid())
+    store.heartbeat(search_id, live={"7": 41.0, "8": 2.0})
+    out = __import__("io").StringIO()
+    print_status(store, file=out)
+    assert "trial 7: stalled, no sign of life for 41s" in out.getvalue()
+    assert "trial 8" not in out.getvalue()
+
+
+def test_silence_is_no_stall_on_an_executor_whose_workers_do_not_beat(sqlite_url):
+    def trainer(request):
+        return curve(request, epoch_s=500.0)
+
+    summary = run_search(config(sqlite_url, trials=2, stall_s=60), executor=LocalExecutor(trainer))
+    assert summary.counts["complete"] == 2 and summary.counts["retried"] == 0
+
+
+def test_workers_that_keep_dying_stop_the_search_with_the_truth_recorded(sqlite_url):
+    # Every worker dies 5-7 s in. Lost trials whose retries ran out do not count toward
+    # --trials, so without a limit the search would feed trials to a broken cluster forever.
+    from nas.search import MIN_LOST_IN_A_ROW, WorkersFailing
+
+    with pytest.raises(WorkersFailing, match="the workers keep dying: the last 10 trials"):
+        run_search(config(sqlite_url, trials=50, max_retries=1),
+                   executor=LocalExecutor(lambda r: curve(r, lost_after_s=5.0 + int(
+                       r.key.split(":")[0]) % 3), capacity=2))
+    runs = Store(sqlite_url).runs("loop")
+    lost = [r for r in runs if r.reason and r.reason.startswith("worker_lost")]
+    assert len(lost) == MIN_LOST_IN_A_ROW
+    assert [r.reason for r in runs if r not in lost] == ["workers_failing"]  # the one in flight
+    assert all(r.state == "failed" for r in runs)
+    assert not [t for t in trials_of(sqlite_url) if t.state == optuna.trial.TrialState.RUNNING]
+    search = Store(sqlite_url).searches("loop")[-1]
+    assert search.status == "failed" and search.error.startswith("the workers keep dying")
+    # Nothing was learnt, so nothing counts: a resume on healthy workers runs all 50.
+    again = run_search(config(sqlite_url, trials=5), executor=LocalExecutor(curve))
+    assert again.counted == 5 and again.counts["complete"] >= 1
+
+
+class _CutsTheDatabase(Progress):
+    """At trial `at`'s first epoch: takes the proxy in front of PostgreSQL down, for `for_s`
+    seconds (None: until the test brings it back)."""
+
+    def __init__(self, proxy, at: int, for_s: float | None) -> None:
+        self.proxy, self.at, self.for_s, self.done = proxy, at, for_s, False
+
+    def epoch(self, number: int, epoch: int, metrics: dict) -> None:
+        if number == self.at and not self.done:
+            self.done = True
+            self.proxy.restart(self.for_s) if self.for_s else self.proxy.down()
+
+
+def _through(proxy, pg_url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(pg_url).set(port=proxy.port).render_as_string(hide_password=False)
+
+
+def test_a_database_restart_mid_search_does_not_end_the_search(pg_url):
+    # A real PostgreSQL behind a TCP proxy that drops every connection and refuses new ones
+    # for 3 s while trials run (what a server restart does to its clients).
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(("127.0.0.1", 5432)) as proxy:
+        url = _through(proxy, pg_url)
+        cut = _CutsTheDatabase(proxy, at=2, for_s=3.0)
+        summary = run_search(config(url, trials=5, db_retry_s=30), executor=LocalExecutor(curve),
+                             progress=cut)
+        assert cut.done and proxy.accepted > 1  # the connections were dropped and made anew
+        assert summary.status == "finished" and summary.counts["complete"] == 5
+        runs = Store(pg_url).runs("loop")
+        assert sorted(r.trial_number for r in runs) == list(range(5))
+        assert [t.state for t in trials_of(pg_url)] == [COMPLETE] * 5  # each told once
+        assert Store(pg_url).searches("loop")[-1].status == "finished"
+
+
+def test_a_database_gone_for_good_stops_the_search_with_the_cause_and_a_resume_finishes(pg_url):
+    from db import DatabaseUnavailable
+    from tests.faultproxy import FaultProxy
+
+    with FaultProxy(("127.0.0.1", 5432)) as proxy:
+        url = _through(proxy, pg_url)
+        cut = _CutsTheDatabase(proxy, at=2, for_s=None)
+        cfg = config(url, trials=5, db_retry_s=1, heartbeat_s=0.5)
+        with pytest.raises(DatabaseUnavailable) as raised:
+            run_search(cfg, executor=LocalExecutor(curve), progress=cut)
+        text = str(raised.value)
+        assert "stopped answering" in text and "check the URL" not in text
+        assert f"127.0.0.1:{proxy.port}" in text and "run the same command again" in text
+        proxy.up()
+        import time
+
+        time.sleep(2.0)  # the stopped search's heartbeat goes stale (3 intervals)
+        again = run_search(cfg, executor=LocalExecutor(curve))
+    assert again.status == "finished" and again.counted == 5
+    assert not [t for t in trials_of(pg_url) if t.state == optuna.trial.TrialState.RUNNING]
+    runs = Store(pg_url).runs("loop")
+    assert {r.state for r in runs if r.cached_from is None} <= {"complete", "failed"}
+    # The row it could not close is closed by the resume, which found it dead.
+    assert [s.status for s in Store(pg_url).searches("loop")] == ["interrupted", "finished"]
 
 
 def test_a_space_without_a_parameter_limit_gets_the_default_one(sqlite_url, tmp_path):

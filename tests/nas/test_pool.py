@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -71,6 +73,20 @@ def test_the_pool_executor_gives_each_trial_an_idle_runner(ray_local):
         executor.close()
 
 
+def _listening(*pids: int) -> set[str]:
+    import psutil
+
+    return {c.laddr.ip for pid in pids for c in psutil.Process(pid).net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def _count_runs(url: str, study: str) -> int:
+    try:
+        return len(Store(url).runs(study))
+    except Exception:  # noqa: BLE001 - the tables may not exist yet
+        return 0
+
+
 def _nas(*args: str, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([*NAS, *args], capture_output=True, text=True, env=env,
                           timeout=timeout)
@@ -110,6 +126,8 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
         # process): Ray would lower every worker's by 15, below the driver's.
         ours = os.getpriority(os.PRIO_PROCESS, 0)
         assert [os.getpriority(os.PRIO_PROCESS, pid) for pid in (*pids, broker_pid)] == [ours] * 3
+        # The pool's Ray serves this machine only: its processes listen on loopback.
+        assert _listening(*pids, broker_pid) <= {"127.0.0.1", "::ffff:127.0.0.1"}
 
         for study in ("warm1", "warm2"):
             done = _nas("search", "--study", study, "--storage", url, "--trials", "3",
@@ -136,6 +154,37 @@ def test_searches_train_on_the_same_warm_runners(tmp_path: Path, ray_local):
                      "--epochs", "1", "--cpus-per-trial", "2", "--ray-address", "auto", env=env)
         assert other.returncode == 2
         assert "resident runner" in other.stderr and "Traceback" not in other.stderr
+
+        # The cluster loses the pool's broker and a runner while a search trains on them: the
+        # trials in flight are lost and retried (on a broker of the search's own), and the
+        # search finishes as if nothing happened.
+        search = subprocess.Popen(
+            [*NAS, "search", "--study", "lost", "--storage", url, "--trials", "4", "--epochs",
+             "3", "--batch-size", "16", "--seed", "3", "--ray-address", "auto", "--quiet"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.time() + 300
+        while search.poll() is None and time.time() < deadline:
+            if _count_runs(url, "lost") >= 1:
+                break
+            time.sleep(0.2)
+        os.kill(broker_pid, signal.SIGKILL)
+        os.kill(sorted(pids)[0], signal.SIGKILL)
+        out, err = search.communicate(timeout=600)
+        assert search.returncode == 0, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        runs = Store(url).runs("lost")
+        lost = [r for r in runs if r.reason and r.reason.startswith("worker_lost")]
+        assert lost, [(r.trial_number, r.state, r.reason) for r in runs]
+        assert Store(url).searches("lost")[-1].status == "finished"
+        import optuna
+
+        trials = optuna.load_study(study_name="lost", storage=url).get_trials(deepcopy=False)
+        assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+        # Each loss with retries left (2 by default) has its retry; the target was met.
+        assert all(any(x.retry_of == r.trial_number for x in runs) for r in lost
+                   if trials[r.trial_number].user_attrs.get("attempt", 0) < 2), [
+            (r.trial_number, r.state, r.reason, r.retry_of) for r in runs]
+        assert sum(r.state in ("complete", "pruned") for r in runs) >= 4
     finally:
         down = _nas("pool", "down", "--stop-ray", env=env, timeout=120)
     assert down.returncode == 0 and "stopped 2 runner(s); stopped the Ray cluster" in down.stdout

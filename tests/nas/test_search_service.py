@@ -90,6 +90,91 @@ def test_a_killed_worker_leads_to_a_retried_trial(ray_local, sqlite_url):
     assert summary.status == "finished"
 
 
+class FreezeFirstWorker(Progress):
+    """SIGSTOPs the Ray worker process of the first trial that reports its first epoch."""
+
+    def __init__(self) -> None:
+        self.frozen: list[tuple[int, int]] = []
+
+    def epoch(self, number: int, epoch: int, metrics: dict) -> None:
+        if not self.frozen:
+            os.kill(metrics["pid"], signal.SIGSTOP)
+            self.frozen.append((number, metrics["pid"]))
+
+
+def _state_of(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]  # R, S, T (stopped), Z ...
+    except FileNotFoundError:
+        return None
+
+
+@pytest.mark.slow
+def test_a_frozen_worker_without_a_time_limit_is_given_up_as_stalled_and_retried(sqlite_url):
+    # No time limit: only the worker's beats can tell that it froze. The search starts its
+    # own Ray (a worker it kills is one of its own processes).
+    freezer = FreezeFirstWorker()
+    try:
+        summary = run_search(_config(sqlite_url, "frozen", trials=3, pruner="none", stall_s=20,
+                                     train={"epochs": 3}), progress=freezer)
+    finally:
+        left = [_state_of(pid) for _, pid in freezer.frozen]  # before anyone wakes it
+        for _, pid in freezer.frozen:  # never leave a stopped process behind
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+    assert freezer.frozen, "no trial worker was frozen"
+    victim, pid = freezer.frozen[0]
+    runs = Store(sqlite_url).runs("frozen")
+    stalled = [r for r in runs if r.reason and r.reason.startswith("stalled")]
+    assert [r.trial_number for r in stalled] == [victim], [(r.trial_number, r.reason) for r in runs]
+    assert [r.state for r in runs if r.retry_of == victim] == ["complete"]
+    assert summary.status == "finished" and summary.counted == 3
+    assert not [t for t in _optuna_trials(sqlite_url, "frozen")
+                if t.state == optuna.trial.TrialState.RUNNING]
+    assert left in ([None], ["Z"])  # the frozen process was killed, not left stopped
+
+
+class ListeningSockets(Progress):
+    """At the first epoch: every TCP socket the processes this test started listen on (the
+    search's own Ray is among them), as (process name, address)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def epoch(self, number: int, epoch: int, metrics: dict) -> None:
+        import psutil
+
+        if self.seen:
+            return
+        for proc in psutil.Process().children(recursive=True):
+            try:
+                for conn in proc.net_connections(kind="tcp"):
+                    if conn.status == psutil.CONN_LISTEN:
+                        self.seen.append((proc.name(), conn.laddr.ip))
+            except psutil.Error:
+                pass
+
+
+@pytest.mark.slow
+def test_a_search_s_own_ray_listens_on_loopback_only_and_serves_no_metrics(sqlite_url):
+    import ray
+
+    if ray.is_initialized():
+        pytest.skip("a Ray of this test session is up: the search would use it")
+    sockets = ListeningSockets()
+    run_search(_config(sqlite_url, "loopback", trials=1, train={"epochs": 1}), progress=sockets)
+    assert len(sockets.seen) >= 4, sockets.seen  # GCS, raylet, workers, agents
+    assert {ip for _, ip in sockets.seen} <= {"127.0.0.1", "::ffff:127.0.0.1"}, sockets.seen
+    assert os.environ.get("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER") is None  # this process's own
+    # Once it is down, this process can still start (or join) a Ray of the usual kind.
+    from ray._private import ray_constants
+
+    assert ray_constants.ENABLE_RAY_CLUSTER
+
+
 def _nas_search(url: str, study: str, trials: int) -> list[str]:
     return [sys.executable, "-m", "nas", "search", "--study", study, "--storage", url,
             "--trials", str(trials), "--workers", "2", "--epochs", "6", "--pruner", "none",
@@ -192,18 +277,21 @@ def test_searches_sharing_a_broker_read_only_their_own_reports(ray_local):
     broker = ReportBroker.remote()
     ray.get([broker.open.remote("a"), broker.open.remote("b")])
     ray.get([broker.post.remote("a:1:1", 1, {"n": 1}), broker.post.remote("b:7:1", 1, {"n": 2})])
-    assert ray.get(broker.next_reports.remote("a", 5.0)) == [("a:1:1", 1, {"n": 1})]
-    assert ray.get(broker.next_reports.remote("b", 5.0)) == [("b:7:1", 1, {"n": 2})]
-    assert ray.get(broker.next_reports.remote("a", 0.1)) == []
+    ray.get(broker.beat.remote("b:7:1"))  # a beat reaches its own search only
+    assert ray.get(broker.next_reports.remote("a", 5.0)) == ([("a:1:1", 1, {"n": 1})], [])
+    assert ray.get(broker.next_reports.remote("b", 5.0)) == ([("b:7:1", 1, {"n": 2})], ["b:7:1"])
+    assert ray.get(broker.next_reports.remote("a", 0.1)) == ([], [])
+    assert ray.get(broker.next_reports.remote("b", 0.1)) == ([], [])  # read once
 
     # "a" ends while one of its workers waits for a decision: that one is told to stop, a
     # later report of "a" is told the same at once, and b goes on.
     waiting = broker.report.remote("a:2:2", 1, {"n": 3})
-    assert ray.get(broker.next_reports.remote("a", 5.0))[0][0] == "a:2:2"
+    assert ray.get(broker.next_reports.remote("a", 5.0))[0][0][0] == "a:2:2"
     ray.get(broker.close.remote("a"))
     assert ray.get(waiting, timeout=30) is True
     assert ray.get(broker.report.remote("a:3:3", 1, {}), timeout=30) is True
-    assert ray.get(broker.next_reports.remote("a", 0.1)) == []
+    ray.get(broker.beat.remote("a:3:3"))  # its search has ended: nobody reads it
+    assert ray.get(broker.next_reports.remote("a", 0.1)) == ([], [])
     info = ray.get(broker.info.remote())
     assert (info["searches"], info["open"]) == (2, 1)
     ray.kill(broker)
@@ -219,7 +307,7 @@ def test_a_search_that_never_prunes_does_not_hold_its_workers_each_epoch(ray_loc
     # that waited would block for DECISION_TIMEOUT_S (minutes).
     broker = ReportBroker.remote("c")
     assert BrokerReporter(broker, "c:k", wait=False).report(1, {"val_accuracy": 0.5}) is False
-    (key, epoch, metrics), = ray.get(broker.next_reports.remote("c", 5.0))
+    ((key, epoch, metrics),), _ = ray.get(broker.next_reports.remote("c", 5.0))
     assert (key, epoch, metrics["val_accuracy"]) == ("c:k", 1, 0.5)
 
     # The epochs still reach the study: every trial has its learning curve.
