@@ -61,7 +61,7 @@ def test_a_yaml_mistake_is_one_line_naming_its_line_and_column(tmp_path, case):
 def test_a_mistyped_top_level_key_suggests_the_nearest_and_lists_the_allowed(tmp_path):
     line = refused(tmp_path, "study: x\ntrails: 3\n")
     assert "search.yaml: line 2: unknown key `trails`; did you mean `trials`? allowed: " in line
-    assert "cpus_per_trial, enqueue," in line and "train, trials, workers" in line
+    assert "cpus_per_trial, db_retry_s, enqueue," in line and "train, trials, workers" in line
 
 
 def test_a_mistyped_train_key_suggests_the_nearest_train_field(tmp_path):

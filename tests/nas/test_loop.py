@@ -519,7 +519,7 @@ def test_silence_is_no_stall_on_an_executor_whose_workers_do_not_beat(sqlite_url
 def test_workers_that_keep_dying_stop_the_search_with_the_truth_recorded(sqlite_url):
     # Every worker dies 5-7 s in. Lost trials whose retries ran out do not count toward
     # --trials, so without a limit the search would feed trials to a broken cluster forever.
-    from nas.search import MIN_LOST_IN_A_ROW, WorkersFailing
+    from nas.losses import MIN_LOST_IN_A_ROW, WorkersFailing
 
     with pytest.raises(WorkersFailing, match="the workers keep dying: the last 10 trials"):
         run_search(config(sqlite_url, trials=50, max_retries=1),
