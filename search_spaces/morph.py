@@ -103,17 +103,19 @@ class ChannelMap:
     @property
     def counts(self) -> tuple[int, ...]:
         """How many child channels copy each parent channel."""
-        counts = [0] * self.parent
-        for p in self.source:
-            counts[p] += 1
-        return tuple(counts)
+        return _tally(self.source, self.parent)
 
     @property
     def within_counts(self) -> tuple[int, ...]:
-        counts = [0] * (self.parent // self.groups)
-        for p in self.within:
-            counts[p] += 1
-        return tuple(counts)
+        return _tally(self.within, self.parent // self.groups)
+
+
+def _tally(sources: tuple[int, ...], n: int) -> tuple[int, ...]:
+    """How often each of 0..n-1 occurs in `sources`."""
+    counts = [0] * n
+    for p in sources:
+        counts[p] += 1
+    return tuple(counts)
 
 
 @dataclass(frozen=True)
