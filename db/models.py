@@ -152,6 +152,14 @@ class RunModel(BaseModel):
     )
     extra: Mapped[dict[str, Any]] = mapped_column(JSONType, server_default=sa.text("'{}'"))
     updated: Mapped[datetime | None] = mapped_column(Timestamp)  # last write of this row
+    # The trained weights in the artifact store (older runs: `nas_weights`), checked on read.
+    weights_artifact: Mapped[str | None] = mapped_column(sa.String(64))
+    weights_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    weights_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    # The run whose trained weights this one started from (a function-preserving morph).
+    inherited_from: Mapped[int | None] = mapped_column(
+        sa.Integer, sa.ForeignKey("nas_runs.id", ondelete="SET NULL")
+    )
 
 
 class EpochModel(BaseModel):

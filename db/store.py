@@ -64,7 +64,8 @@ class RunRecord:
     """One trial's outcome as the orchestrator writes it and analysis reads it.
 
     Times are unix seconds; `fidelity` is the number of training epochs; `cached_from` is the
-    id of the run whose result this one reused; `retry_of` the trial number it retries.
+    id of the run whose result this one reused; `retry_of` the trial number it retries;
+    `inherited_from` the id of the run whose trained weights it started from (`--inherit`).
     """
 
     id: int | None
@@ -95,6 +96,10 @@ class RunRecord:
     retry_of: int | None = None
     search_id: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights_artifact: str | None = None  # id in the artifact store; None: none or `nas_weights`
+    weights_size: int | None = None
+    weights_sha256: str | None = None
+    inherited_from: int | None = None  # id of the run whose weights this one started from
 
     # What a worker measures, under the same names in its result dict (`TrialResult`).
     MEASURED = (

@@ -48,7 +48,7 @@ def test_upgrade_from_walking_skeleton_keeps_rows(storage_url):
 
     store = db.Store(storage_url)  # migrates to head on open
     try:
-        assert db.current_revision(storage_url) == db.head_revision() == "0005"
+        assert db.current_revision(storage_url) == db.head_revision() == "0006"
         old = store.run_for_trial("old", 0)
         assert (old.id, old.arch_id, old.state, old.val_accuracy, old.params, old.duration_s) == (
             first,
@@ -83,7 +83,7 @@ def test_own_version_table_beside_optunas(storage_url):
             theirs = (
                 conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalars().all()
             )
-            assert ours == ["0005"] and theirs != ours
+            assert ours == ["0006"] and theirs != ours
     finally:
         engine.dispose()
 

@@ -259,7 +259,7 @@ def test_upgrade_from_0003_adds_stop_requests_to_existing_searches(storage_url, 
 
     store = Store(storage_url)  # migrates to head on open
     try:
-        assert db.current_revision(storage_url) == db.head_revision() == "0005"
+        assert db.current_revision(storage_url) == db.head_revision() == "0006"
         [old] = store.searches(alpha)
         assert old.status == "running" and old.stop_requested_at is None and not old.stopping
         assert old.live == {} and old.error is None  # 0005: unknown for older rows
