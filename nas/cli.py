@@ -95,6 +95,9 @@ def search(
     max_compute_hours: Annotated[float | None, _opt(panel=SEARCH, metavar="HOURS", default="none", help="Stop proposing after this much summed trial time.")] = None,
     enqueue: Annotated[str | None, _opt(panel=SEARCH, metavar="NAMES|FILES", default="none", help="Comma-separated zoo names or architecture.json files to try first.")] = None,
     replay: Annotated[str | None, _opt(panel=SEARCH, metavar="TABLE", default="none (train)", help="Answer trials from a table of known results instead of training (simulated time, no Ray): nasbench201:cifar10 | nasbench201:cifar100 | nasbench201:imagenet16-120 | a curve table file (.json.gz) | study:NAME. The space defaults to the table's.")] = None,
+    inherit: Annotated[bool | None, _opt("--inherit/--no-inherit", panel=SEARCH, metavar="", default="off", help="Grow, don't restart: start each candidate from the best trained architecture in the store (same data and recipe, any study) that it extends by blocks or width, with the parent's function preserved, and train it for --inherit-epochs.")] = None,
+    inherit_epochs: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="a quarter of --epochs, at least 1", help="Epochs a candidate that inherits trains.")] = None,
+    artifacts: Annotated[str | None, _opt(panel=SEARCH, metavar="DIR|s3://BUCKET/PREFIX", envvar="NAS_ARTIFACTS", default="beside a SQLite file, else ~/.local/share/resnas/artifacts", help="Where trained weights are kept (Optuna's artifact store; optuna-dashboard lists them per trial).")] = None,
     epochs: Annotated[int | None, _opt(panel=TRAINING, metavar="N", default="8, or the space's recipe", help="Training epochs per trial (the fidelity).")] = None,
     dataset: Annotated[str | None, _opt(panel=TRAINING, metavar="NAME", default="digits", help="digits | npz:PATH (see README, \"Your own data\") | cifar10 | cifar100 | mnist | fashion_mnist | svhn.")] = None,
     data_dir: Annotated[str | None, _opt(panel=TRAINING, metavar="DIR", default="~/.cache/resnas/data", help="Where the torchvision datasets live.")] = None,
@@ -120,6 +123,7 @@ def search(
         "objectives": objectives, "timeout": timeout, "max_compute_hours": max_compute_hours,
         "max_params": max_params, "max_flops": max_flops, "max_retries": max_retries,
         "enqueue": enqueue, "cpus_per_trial": cpus_per_trial, "gpus_per_trial": gpus_per_trial,
+        "inherit": inherit, "inherit_epochs": inherit_epochs, "artifacts": artifacts,
         "train": {"epochs": epochs, "dataset": dataset, "data_dir": data_dir,
                   "batch_size": batch_size, "lr": lr},
     }

@@ -55,6 +55,13 @@ class SearchConfig(BaseModel):
     db_retry_s: float = Field(60.0, description="how long a storage call is retried while the "
                               "database does not answer (a restart) before the search stops")
     replay: str | None = Field(None, description="answer trials from this table (nas.tables)")
+    inherit: bool = Field(False, description="start each candidate from the best trained "
+                          "architecture in the store that morphs into it (search_spaces.morph)")
+    inherit_epochs: int | None = Field(None, description="epochs a child that inherits trains "
+                                       "(default: a quarter of the recipe's, at least 1)")
+    artifacts: str | None = Field(None, description="where trained weights go: a directory or "
+                                  "s3://bucket/prefix (default: beside a SQLite file, else "
+                                  "the user's data directory)")
     train: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("study")
@@ -174,7 +181,7 @@ class SearchConfig(BaseModel):
             raise ValueError("must be > 0")
         return v
 
-    @field_validator("max_params", "max_flops")
+    @field_validator("max_params", "max_flops", "inherit_epochs")
     @classmethod
     def _positive_int(cls, v: int | None) -> int | None:
         if v is not None and v <= 0:
@@ -207,6 +214,8 @@ class SearchConfig(BaseModel):
 
         data = self.model_dump(mode="json")
         data["storage"] = mask_url(self.storage)
+        if data.get("artifacts"):
+            data["artifacts"] = mask_url(data["artifacts"])
         return data
 
 

@@ -29,6 +29,8 @@ class Subject:
     retry_of: int | None = None
     started: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    inherited_from: int | None = None  # run id of the parent whose weights it starts from
+    trial: Any = None  # the Optuna trial (`optuna.trial.Trial`), where there is one
 
 
 class Recorder:
@@ -54,7 +56,7 @@ class Recorder:
             id=None, study=self.study, trial_number=s.number, arch_id=s.spec.arch_id,
             recipe_id=s.recipe_id, dataset=s.dataset, fidelity=s.fidelity, state=state,
             params=s.params, flops=s.flops, retry_of=s.retry_of, search_id=self.search_id,
-            extra={**s.extra, **(extra or {})},
+            inherited_from=s.inherited_from, extra={**s.extra, **(extra or {})},
             **{"started": s.started or now, "finished": now, **fields},
         )
 
