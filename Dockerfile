@@ -36,15 +36,16 @@ RUN pip install --no-deps -c /etc/resnas-constraints.txt ".[export]" \
     && python -c "import nas.cli, ray, optuna_dashboard, torch; print('resnas ok, torch', torch.__version__, 'ray', ray.__version__)" \
     && chmod 0755 deploy/entrypoint.sh
 
-# Unprivileged user; /data (datasets) and /exports (bundles) are its volumes.
+# Unprivileged user; /data (datasets), /exports (bundles) and /artifacts (trained weights)
+# are its volumes (a new named volume takes the owner of the directory it is mounted on).
 RUN groupadd --non-unique --gid "${RESNAS_GID}" resnas \
     && useradd --non-unique --uid "${RESNAS_UID}" --gid "${RESNAS_GID}" --create-home --shell /bin/bash resnas \
-    && mkdir -p /data /exports \
-    && chown resnas:resnas /data /exports \
+    && mkdir -p /data /exports /artifacts \
+    && chown resnas:resnas /data /exports /artifacts \
     && ln -s /exports /opt/resnas/exports
 
 USER resnas
-VOLUME ["/data", "/exports"]
+VOLUME ["/data", "/exports", "/artifacts"]
 EXPOSE 6379 8265 8080
 
 ENTRYPOINT ["/opt/resnas/deploy/entrypoint.sh"]

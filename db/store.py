@@ -31,6 +31,7 @@ from db.models import (
     ArchitectureModel,
     BaseModel,
     EpochModel,
+    MetaModel,
     RecipeModel,
     RunModel,
     SearchModel,
@@ -672,6 +673,27 @@ class Store:
         return self._transaction(f"looking up a finished run of {arch_id}",
                                  lambda session: _run_record_or_none(session.scalar(query)))
 
+    def trained_runs(self, dataset: str, *, since_id: int = 0) -> list[RunRecord]:
+        """`complete` runs on `dataset` that trained (not cached) and kept weights, in the
+        artifact store or in `nas_weights`, from any study, by id; `since_id`: newer only.
+        The parents `--inherit` picks from."""
+        has_legacy = sa.exists().where(WeightsModel.run_id == RunModel.id)
+        query = (
+            sa.select(RunModel)
+            .where(
+                RunModel.dataset == dataset,
+                RunModel.state == "complete",
+                RunModel.cached_from.is_(None),
+                RunModel.id > since_id,
+                sa.or_(RunModel.weights_artifact.is_not(None), has_legacy),
+            )
+            .order_by(RunModel.id)
+        )
+        return self._transaction(
+            "reading trained runs",
+            lambda session: [_run_record(r) for r in session.scalars(query).all()],
+        )
+
     def runs(
         self,
         study: str | None = None,
@@ -728,6 +750,23 @@ class Store:
         data = self._transaction(f"reading weights of run {run_id}",
                                  lambda session: session.scalar(query))
         return None if data is None else bytes(data)
+
+    # -- facts about the store -----------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        """The value recorded under `key` in `nas_meta` (e.g. `artifact_store`), or None."""
+        query = sa.select(MetaModel.value).where(MetaModel.key == key)
+        return self._transaction(f"reading {key!r} from nas_meta",
+                                 lambda session: session.scalar(query))
+
+    def set_meta(self, key: str, value: str) -> None:
+        """Record `value` under `key` in `nas_meta`, replacing what was there. Never a
+        secret: anyone who reads the database reads it."""
+        if not isinstance(value, str):
+            raise ValueError(f"`value` got {type(value).__name__}; allowed: str")
+        stmt = self._upsert(MetaModel, ("key",), ("value",))
+        self._transaction(f"writing {key!r} to nas_meta",
+                          lambda session: session.execute(stmt, {"key": key, "value": value}),
+                          write=True)
 
     # -- deleting ------------------------------------------------------------------------
     def delete_study(self, study: str, *, force: bool = False) -> dict[str, int]:

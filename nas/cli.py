@@ -16,6 +16,7 @@ from nas.cli_common import (
     OUTPUT,
     SEARCH,
     TRAINING,
+    ArtifactsOpt,
     StorageOpt,
     command,
     console,
@@ -85,7 +86,7 @@ def search(
     space: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME|FILE.yaml", default="resnet", help="Preset (see `nas spaces`) or a space YAML file.")] = None,
     trials: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default=20, help="Trials the study holds when this run ends: a new study runs N, a resume only the missing ones. Candidates over --max-params/--max-flops are skipped without training and not counted.")] = None,
     sampler: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME", default="tpe", help="tpe | random | gp | nsga2 | qmc | grid | evolution.")] = None,
-    sampler_options: Annotated[str | None, _opt(panel=SEARCH, metavar="KEY=VALUE,...", default="population=20,sample_size=5,mutation=one for evolution; n_startup_trials=8 for tpe", help="Sampler options. evolution: population, sample_size, mutation (one | per_param); tpe: n_startup_trials.")] = None,
+    sampler_options: Annotated[str | None, _opt(panel=SEARCH, metavar="KEY=VALUE,...", default="population=20,sample_size=5,mutation=one for evolution; n_startup_trials=8 for tpe", help="Sampler options. evolution: population, sample_size, mutation (one | per_param | grow: a depth or width grows, for --inherit); tpe: n_startup_trials.")] = None,
     pruner: Annotated[str | None, _opt(panel=SEARCH, metavar="NAME", default="asha when epochs > 1, else none", help="asha | hyperband | median | none. A rung prunes only once 6 trials reached it.")] = None,
     objectives: Annotated[str | None, _opt(panel=SEARCH, metavar="LIST", default="accuracy", help="accuracy, or accuracy plus costs: accuracy,params | accuracy,flops | accuracy,latency.")] = None,
     seed: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="none (random)", help="Seed of the sampler, for reproducible proposals.")] = None,
@@ -97,7 +98,7 @@ def search(
     replay: Annotated[str | None, _opt(panel=SEARCH, metavar="TABLE", default="none (train)", help="Answer trials from a table of known results instead of training (simulated time, no Ray): nasbench201:cifar10 | nasbench201:cifar100 | nasbench201:imagenet16-120 | a curve table file (.json.gz) | study:NAME. The space defaults to the table's.")] = None,
     inherit: Annotated[bool | None, _opt("--inherit/--no-inherit", panel=SEARCH, metavar="", default="off", help="Grow, don't restart: start each candidate from the best trained architecture in the store (same data and recipe, any study) that it extends by blocks or width, with the parent's function preserved, and train it for --inherit-epochs.")] = None,
     inherit_epochs: Annotated[int | None, _opt(panel=SEARCH, metavar="N", default="a quarter of --epochs, at least 1", help="Epochs a candidate that inherits trains.")] = None,
-    artifacts: Annotated[str | None, _opt(panel=SEARCH, metavar="DIR|s3://BUCKET/PREFIX", envvar="NAS_ARTIFACTS", default="beside a SQLite file, else ~/.local/share/resnas/artifacts", help="Where trained weights are kept (Optuna's artifact store; optuna-dashboard lists them per trial).")] = None,
+    artifacts: Annotated[str | None, _opt(panel=SEARCH, metavar="DIR|s3://BUCKET/PREFIX", envvar="NAS_ARTIFACTS", default="where the store recorded, else beside a SQLite file, else ~/.local/share/resnas/artifacts", help="Where trained weights are kept (Optuna's artifact store; optuna-dashboard lists them per trial).")] = None,
     epochs: Annotated[int | None, _opt(panel=TRAINING, metavar="N", default="8, or the space's recipe", help="Training epochs per trial (the fidelity).")] = None,
     dataset: Annotated[str | None, _opt(panel=TRAINING, metavar="NAME", default="digits", help="digits | npz:PATH (see README, \"Your own data\") | cifar10 | cifar100 | mnist | fashion_mnist | svhn.")] = None,
     data_dir: Annotated[str | None, _opt(panel=TRAINING, metavar="DIR", default="~/.cache/resnas/data", help="Where the torchvision datasets live.")] = None,
@@ -225,13 +226,20 @@ def dashboard(
     storage: StorageOpt = DEFAULT_STORAGE,
     host: Annotated[str, typer.Option(metavar="HOST", help="Address to bind. Only 127.0.0.1 unless you mean it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(metavar="PORT", help="Port.")] = 8080,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Serve optuna-dashboard for the storage (127.0.0.1 only unless --host says otherwise)."""
     from nas.errors import mask_url
     from nas.study import open_storage
+    from nas.weights import Artifacts
 
     optuna_storage = open_storage(storage, retry_s=None)  # validates the URL, creates Optuna's tables
-    open_store(storage).close()  # and ours (the dashboard itself creates none)
+    store = open_store(storage)  # and ours (the dashboard itself creates none)
+    try:
+        # The trials' weights, which the dashboard lists and downloads from here.
+        artifact_store = Artifacts.open(store.url, store, artifacts).backend
+    finally:
+        store.close()
     if host not in ("127.0.0.1", "localhost", "::1"):
         err_console.print(
             f"[bold yellow]warning:[/] serving on {host}: optuna-dashboard has no authentication "
@@ -240,7 +248,7 @@ def dashboard(
     from optuna_dashboard import run_server
 
     console.print(f"optuna-dashboard for {mask_url(storage)} on http://{host}:{port}/ (Ctrl-C stops)")
-    run_server(optuna_storage, host=host, port=port)
+    run_server(optuna_storage, host=host, port=port, artifact_store=artifact_store)
 
 
 # -- spaces, show -------------------------------------------------------------------------------

@@ -71,6 +71,16 @@ StorageOpt = Annotated[
     ),
 ]
 
+ArtifactsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--artifacts", envvar="NAS_ARTIFACTS", metavar="DIR|s3://BUCKET/PREFIX",
+        help="Where trained weights are kept (Optuna's artifact store).  \\[default: where "
+             "the store says they were saved, else beside a SQLite file, else "
+             "~/.local/share/resnas/artifacts]",
+    ),
+]
+
 
 def user_errors(func):
     """Turn errors a user can fix into one line on stderr and exit code 2 (no traceback)."""

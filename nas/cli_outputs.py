@@ -9,6 +9,7 @@ import typer
 
 from nas.cli_common import (
     DEFAULT_STORAGE,
+    ArtifactsOpt,
     StorageOpt,
     console,
     err_console,
@@ -33,13 +34,15 @@ def export_cmd(
     metric: Annotated[str | None, typer.Option(metavar="METRIC", help="Best by this run metric: val_accuracy | best_val_accuracy | val_loss | latency_ms | params | flops.  \\[default: val_accuracy]")] = None,
     formats: Annotated[str, typer.Option(metavar="LIST", help="Model formats to write (architecture/recipe/metrics JSON and README always): a subset of safetensors,model_py,onnx,pt2.")] = "safetensors,model_py,onnx,pt2",
     force: Annotated[bool, typer.Option("--force", metavar="", help="Write into a directory that holds other files than a bundle's.")] = False,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Write the chosen trial as a bundle (safetensors, standalone model.py, ONNX, torch.export, model card), each format checked against the trained model."""
     from nas.export import FORMAT_FILES, export
+    from nas.weights import Artifacts
 
     store = open_store(storage)
     report = export(store, study, out, trial=trial, pareto=pareto, metric=metric, formats=formats,
-                    force=force)
+                    force=force, artifacts=Artifacts.open(store.url, store, artifacts))
     acc = f"{report.val_accuracy:.4f}" if report.val_accuracy is not None else "-"
     source = "" if report.weights_from_run in (None, report.run_id) else f", weights of run {report.weights_from_run}"
     console.print(
@@ -75,15 +78,18 @@ def retrain(
     workers: Annotated[int | None, typer.Option(metavar="N", help="Runs in flight at once.  \\[default: all, as Ray's CPUs allow]")] = None,
     cpus_per_trial: Annotated[float, typer.Option(metavar="N", help="CPUs reserved per run.")] = 1.0,
     gpus_per_trial: Annotated[float, typer.Option(metavar="N", help="GPUs per run; fractions share a GPU.")] = 0.0,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
     """Train the chosen architecture(s) at full fidelity with several seeds on Ray; record the runs (weights kept) in STUDY.retrain."""
     from nas.retrain import retrain as run_retrain
+    from nas.weights import Artifacts
 
     store = open_store(storage)
     report = run_retrain(
         store, source, epochs=epochs, seeds=seeds, top=top, trial=trial, study=study,
         ray_address=ray_address, workers=workers, cpus_per_trial=cpus_per_trial,
         gpus_per_trial=gpus_per_trial, progress=lambda line: console.print(line, highlight=False, soft_wrap=True),
+        artifacts=Artifacts.open(store.url, store, artifacts),
     )
     console.print(
         f"\n[bold]{report.study}[/]: {len(report.runs)} run(s) of {report.epochs} epochs in "

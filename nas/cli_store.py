@@ -10,6 +10,7 @@ import typer
 
 from nas.cli_common import (
     DEFAULT_STORAGE,
+    ArtifactsOpt,
     StorageOpt,
     console,
     open_store,
@@ -187,15 +188,19 @@ def delete(
     storage: StorageOpt = DEFAULT_STORAGE,
     yes: Annotated[bool, typer.Option("--yes", "-y", metavar="", help="Do not ask for confirmation.")] = False,
     force: Annotated[bool, typer.Option("--force", metavar="", help="Delete even while a search of the study looks alive (its driver may be gone without a trace).")] = False,
+    artifacts: ArtifactsOpt = None,
 ) -> None:
-    """Delete a study: its trials in Optuna and its runs, epochs and weights in the store
-    (architectures other studies share are kept). Refused while a search of it runs."""
+    """Delete a study: its trials in Optuna, its runs, epochs and weights in the store, and
+    its weights in the artifact store (architectures other studies share are kept). Refused
+    while a search of it runs."""
     import optuna
 
     from nas.study import open_storage
+    from nas.weights import Artifacts
 
     quiet_optuna()
     store = open_store(storage)
+    weights = Artifacts.open(store.url, store, artifacts)  # a bad location: before any deletion
     optuna_storage = open_storage(storage)
     stored = store.study_names()
     ours = study in stored  # a study may live on only one of the two sides
@@ -203,12 +208,15 @@ def delete(
     if study not in names:
         raise UserError(f"no study `{study}` in {store.display_url}; studies: "
                         f"{', '.join(sorted(names)) or 'none'}")
-    runs = len(store.runs(study)) if ours else 0
+    runs = store.runs(study) if ours else []
     if not yes and not typer.confirm(
-            f"delete study `{study}` ({runs} run(s)) from {store.display_url}?", default=False):
+            f"delete study `{study}` ({len(runs)} run(s)) from {store.display_url}?", default=False):
         raise typer.Exit(1)
-    # The store refuses while a live search holds the study; Optuna's side goes after ours.
+    # The store refuses while a live search holds the study; the artifacts go once it has
+    # agreed (the rows that named them are gone then), and Optuna's side last.
     counts = store.delete_study(study, force=force) if ours else {}
+    if any(r.weights_artifact for r in runs):
+        counts["artifacts"] = sum(weights.remove(r) for r in runs)
     try:
         optuna.delete_study(study_name=study, storage=optuna_storage)
     except KeyError:

@@ -25,6 +25,7 @@ class TrialEvent:
     cached_from_study: str | None = None  # ... and study, when not this one
     retry_of: int | None = None
     host: str | None = None
+    inherited_from: str | None = None  # the parent it grew from (`--inherit`): "trial N[ of study S]"
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -61,3 +62,14 @@ class Progress:
     def epoch(self, number: int, epoch: int, metrics: dict[str, Any]) -> None: ...
     def tick(self, status: dict[str, Any]) -> None: ...
     def stop(self) -> None: ...
+
+
+def start_info(search: Any, executor: Any) -> dict[str, Any]:
+    """What the display says when `search` (a `nas.search.Search`) starts on `executor`."""
+    cfg, info = search.config, executor.info
+    return {"study": cfg.study, "storage": search.store.display_url, "target": cfg.trials,
+            "already": search.accounted, "slots": executor.capacity, "space": search.space.name,
+            "pruner": search.pruning.name, "sampler": cfg.sampler, "epochs": search.epochs,
+            "objectives": list(cfg.objectives), "timeout_s": cfg.timeout,
+            "compute_budget_s": (cfg.max_compute_hours or 0) * 3600 or None,
+            "runners": info.get("runners", 0), "runners_note": search.runners_note}

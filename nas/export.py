@@ -47,6 +47,7 @@ from nas.export_formats import (
     write_safetensors,
 )
 from nas.study import best_trials, open_storage
+from nas.weights import Artifacts
 from search_spaces import ArchitectureSpec
 
 # The export's API. The format helpers live in nas.export_formats since the split; they are
@@ -164,15 +165,17 @@ def _pareto_run(store: Store, study: str, k: int) -> RunRecord:
     return run
 
 
-def weights_for(store: Store, run: RunRecord) -> tuple[bytes | None, int | None]:
-    """The trained weights of `run`, or of the run it was answered from (same arch and recipe)."""
-    data = store.weights(run.id) if run.id is not None else None
-    if data is not None:
+def weights_for(store: Store, run: RunRecord,
+                artifacts: Artifacts | None = None) -> tuple[bytes | None, int | None]:
+    """The trained weights of `run`, or of the run it was answered from (same arch and recipe),
+    and that run's id; (None, None) if none were kept. Read through `artifacts` (default: the
+    store's): weights missing or damaged there raise `nas.weights.WeightsError`."""
+    artifacts = artifacts or Artifacts.open(store.url, store)
+    if (data := artifacts.load(run)) is not None:
         return data, run.id
-    if run.cached_from is not None:
-        cached = store.weights(run.cached_from)
-        return (cached, run.cached_from) if cached is not None else (None, None)
-    return None, None
+    source = store.get_run(run.cached_from) if run.cached_from is not None else None
+    data = artifacts.load(source) if source is not None else None
+    return (data, source.id) if data is not None else (None, None)
 
 
 def retrain_hint(study: str, run: RunRecord, storage: str | None = None) -> str:
@@ -228,6 +231,7 @@ def export(
     metric: str | None = None,
     formats: str | list[str] | tuple[str, ...] | None = None,
     force: bool = False,
+    artifacts: Artifacts | None = None,
 ) -> ExportReport:
     """Write the bundle of `study`'s chosen run to `out` and check every format in it.
 
@@ -240,10 +244,12 @@ def export(
         formats: which model formats to write (see `FORMATS`; default all). The JSON files and
             the README are always written. `model_py` brings `safetensors` along.
         force: write into a directory that holds other files than a bundle's.
+        artifacts: where the weights are (`nas.weights.Artifacts`; default: the store's).
 
     Raises:
         UserError: nothing to export (unknown study or trial, no weights kept: the message
-            names `nas retrain`), or a format failed its parity check (`ExportError`).
+            names `nas retrain`; damaged ones: `WeightsError`), or a format failed its parity
+            check (`ExportError`).
     """
     import torch
 
@@ -261,7 +267,7 @@ def export(
     if arch is None:
         raise UserError(f"architecture {run.arch_id} of trial {run.trial_number} is not in the store")
     spec = ArchitectureSpec.from_dict(arch)
-    weights, source = weights_for(store, run)
+    weights, source = weights_for(store, run, artifacts)
     if weights is None:
         raise UserError(retrain_hint(study, run, storage_hint))
     recipe = store.recipe(run.recipe_id) if run.recipe_id else None

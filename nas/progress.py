@@ -157,6 +157,8 @@ class RichProgress(Progress):
         extra = ""
         if event.cached_from:
             extra = f" (answered by {event.answered_by()})"
+        elif event.inherited_from:
+            extra = f" (grown from {event.inherited_from})"
         elif event.reason:
             extra = f" ({event.reason})"
         dur = f"{event.duration_s:5.1f}s" if event.duration_s else "      "

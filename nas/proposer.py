@@ -41,6 +41,14 @@ def resolve_architecture(ref: str, *, in_channels: int, num_classes: int) -> Arc
     return replace(spec, in_channels=in_channels, num_classes=num_classes)
 
 
+def impossible(space: str, limits: dict[str, int | None], streak: int) -> str:
+    """What a search says when its last `streak` candidates all broke the constraints."""
+    lims = ", ".join(f"{k.replace('_', '-')}={v:,}" for k, v in limits.items() if v)
+    return (f"the last {streak} candidates of space `{space}` all broke the constraints "
+            f"({lims}); the constraints look impossible for this space. Raise "
+            "--max-params/--max-flops or choose a smaller space.")
+
+
 @dataclass
 class Proposal:
     """A candidate between `ask` and `tell`."""
@@ -55,6 +63,7 @@ class Proposal:
     retry_of: int | None = None
     epochs: list[dict[str, Any]] = field(default_factory=list)  # reported so far
     started: float = 0.0
+    parent: Any = None  # `nas.inherit.Parent` it starts from (`--inherit`), once launched
 
     @property
     def number(self) -> int:

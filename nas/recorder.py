@@ -10,6 +10,7 @@ from typing import Any
 
 from db import EpochRecord, RunRecord, Store
 from nas.events import Progress, TrialEvent
+from nas.weights import Artifacts
 from search_spaces import ArchitectureSpec
 
 STATES = ("complete", "pruned", "failed", "cached", "infeasible")
@@ -34,11 +35,17 @@ class Subject:
 
 
 class Recorder:
-    """Writes the runs of one study (`study`) for one search or retrain (`search_id`)."""
+    """Writes the runs of one study (`study`) for one search or retrain (`search_id`).
+
+    Trained weights go to `artifacts` (Optuna's artifact store, linked from the trial) and
+    the run row points to them; without it, into the store's `nas_weights` table as before.
+    """
 
     def __init__(self, store: Store, study: str, *, input_size: tuple[int, int],
-                 search_id: int | None = None, progress: Progress | None = None) -> None:
+                 search_id: int | None = None, progress: Progress | None = None,
+                 artifacts: Artifacts | None = None) -> None:
         self.store, self.study, self.search_id = store, study, search_id
+        self.artifacts = artifacts
         self.input_size = input_size
         self.progress = progress or Progress()
         self.counts = dict.fromkeys(STATES, 0)
@@ -92,7 +99,19 @@ class Recorder:
             finished=result.get("finished") or time.time(), extra=extra,
         )
         epochs = [EpochRecord.from_metrics(e) for e in result.get("epochs") or []]
-        run.id = self.store.record_run(run, epochs, weights=result.get("weights"),
+        weights = result.get("weights")
+        if weights is not None and self.artifacts is not None:
+            try:
+                saved = self.artifacts.save(weights, trial=s.trial, arch_id=s.spec.arch_id)
+            except ValueError as exc:
+                # Bytes that are not safetensors are a worker's fault: the run keeps its
+                # result without them and says why, rather than the search stopping.
+                saved = {}
+                run.extra["weights_error"] = str(exc)
+            for name, value in saved.items():
+                setattr(run, name, value)
+            weights = None  # the row points to the artifact; nothing goes to nas_weights
+        run.id = self.store.record_run(run, epochs, weights=weights,
                                        **self._architecture(s.spec))
         self.compute_s += float(result.get("duration_s") or 0.0)
         self._update_best(run)
@@ -145,6 +164,15 @@ class Recorder:
             cached_from=run.cached_from if run else None, retry_of=s.retry_of,
             cached_from_trial=source.trial_number if source else None,
             cached_from_study=source.study if source and source.study != self.study else None,
-            host=run.host if run else None,
+            host=run.host if run else None, inherited_from=_parent_text(s, self.study),
         )
         self.progress.trial(event, dict(self.counts), self.best)
+
+
+def _parent_text(s: Subject, study: str) -> str | None:
+    """The parent of an inherited trial as a person reads it, e.g. `trial 3 of study other`."""
+    parent = s.extra.get("inherit") if s.inherited_from is not None else None
+    if not parent:
+        return None
+    where = "" if parent.get("parent_study") == study else f" of study {parent.get('parent_study')}"
+    return f"trial {parent.get('parent_trial')}{where}"

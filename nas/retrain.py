@@ -28,6 +28,7 @@ from nas.executors.choose import ray_executor
 from nas.loop import drive, stop_signals
 from nas.recorder import Recorder, Subject
 from nas.retrain_choice import Candidate, candidate_from_file, candidates_from_study
+from nas.weights import Artifacts
 
 RETRAIN_SUFFIX = ".retrain"
 DEFAULT_SEEDS = 3
@@ -143,6 +144,7 @@ def retrain(
     gpus_per_trial: float = 0.0,
     progress: Callable[[str], None] | None = None,
     executor: Executor | None = None,
+    artifacts: Artifacts | None = None,
 ) -> RetrainReport:
     """Retrain the chosen architecture(s) of `source` with `seeds` seeds each; see the module
     docstring.
@@ -159,6 +161,7 @@ def retrain(
         ray_address / workers / cpus_per_trial / gpus_per_trial: as for `nas search`.
         progress: called with one line per finished run.
         executor: where the runs train; default one Ray task per run.
+        artifacts: where the trained weights go (default: the store's, `Artifacts.open`).
     """
     from search_spaces import complexity
     from workers import TrainConfig, dataset_info
@@ -185,6 +188,8 @@ def retrain(
     target = study or default_study
     if not STUDY_NAME.match(target):
         raise UserError(f"`--study` got {target!r}: use letters, digits, '_', '.', '-' (at most 128)")
+    # Before anything trains: a bad `--artifacts` is said now, not after the training.
+    artifacts = artifacts or Artifacts.open(store.url, store)
 
     # One recipe per (architecture, seed): the base recipe at `epochs` epochs, weights kept.
     jobs: list[_Job] = []
@@ -220,7 +225,7 @@ def retrain(
             jobs.append(_Job(cand, result, config, seed, subject))
             next_number += 1
 
-    work = _Retrain(Recorder(store, target, input_size=input_size), jobs, say)
+    work = _Retrain(Recorder(store, target, input_size=input_size, artifacts=artifacts), jobs, say)
     started_ray = ""
     if executor is None:  # resident runners of a cluster it was told to join, else Ray tasks
         executor, started_ray, _ = ray_executor(

@@ -21,19 +21,21 @@ from db import DatabaseUnavailable, RunRecord, Store, StoreError
 from nas.cache import DuplicateCache
 from nas.config import SearchConfig
 from nas.errors import UserError, one_line
-from nas.events import Progress, SearchSummary, TrialEvent
+from nas.events import Progress, SearchSummary, TrialEvent, start_info
 from nas.executors.base import Epoch, Executor, Job, Lost, Result
 from nas.executors.choose import ray_executor
 from nas.executors.replay import ReplayExecutor
+from nas.inherit import Inheritance
 from nas.inputs import Inputs, resolve_inputs
 from nas.loop import drive, stop_signals
 from nas.losses import LostStreak, is_loss, lost_trials
-from nas.proposer import Proposal, Proposer, resolve_architecture
+from nas.proposer import Proposal, Proposer, impossible, resolve_architecture
 from nas.pruning import PruningRule
 from nas.recorder import Recorder, Subject
 from nas.recovery import recover_study
 from nas.samplers import make_sampler
 from nas.study import best_trials, counted_trials, fail_trial, open_storage, open_study
+from nas.weights import Artifacts
 
 __all__ = ["Progress", "Search", "SearchSummary", "TrialEvent", "run_search"]
 
@@ -42,13 +44,6 @@ MAX_CONSECUTIVE_INFEASIBLE = 200
 # The parameter limit of a space that sets none (a custom YAML file): above every zoo model
 # (ViT-B/16: 86.6 M), below what a typo in a width makes (one stage of width 1e5: ~10^11).
 DEFAULT_MAX_PARAMS = 100_000_000
-
-
-def _impossible(space: str, limits: dict[str, int | None]) -> str:
-    lims = ", ".join(f"{k.replace('_', '-')}={v:,}" for k, v in limits.items() if v)
-    return (f"the last {MAX_CONSECUTIVE_INFEASIBLE} candidates of space `{space}` all broke the "
-            f"constraints ({lims}); the constraints look impossible for this space. Raise "
-            "--max-params/--max-flops or choose a smaller space.")
 
 
 class Search:
@@ -96,6 +91,9 @@ class Search:
                       "epochs": self.epochs},
         )
         self.store.save_recipe(self.recipe.recipe_id, self.recipe.to_dict(), self.recipe.dataset)
+        self.artifacts = Artifacts.open(config.storage, self.store, config.artifacts)
+        self.inheritance = Inheritance(self.store, self.artifacts, self.recipe, config=config) \
+            if config.inherit and self.table is None else None
         self.proposer = Proposer(
             self.study, self.space, in_channels=self.data.in_channels,
             num_classes=self.data.num_classes, input_size=self.input_size,
@@ -125,10 +123,13 @@ class Search:
                                        config=self.config, search_id=self.search_id,
                                        pruning=self.pruning, cache=self.cache)
 
-    def _subject(self, p: Proposal) -> Subject:
-        return Subject(p.number, p.spec, self.recipe.recipe_id, self.recipe.dataset,
-                       self.epochs, p.params, p.flops, retry_of=p.retry_of,
-                       started=p.started or None)
+    def _subject(self, p: Proposal, result: dict[str, Any] | None = None) -> Subject:
+        subject = Subject(p.number, p.spec, self.recipe.recipe_id, self.recipe.dataset,
+                          self.epochs, p.params, p.flops, retry_of=p.retry_of,
+                          started=p.started or None, trial=p.trial)
+        if p.parent is None:
+            return subject
+        return self.inheritance.subject(subject, p.parent, result)
 
     # -- the run --------------------------------------------------------------------------------
     def run(self) -> SearchSummary:
@@ -137,7 +138,8 @@ class Search:
         self.search_id = self.store.start_search(cfg.study, cfg.to_record(),
                                                  host=socket.gethostname(), pid=os.getpid())
         self.recorder = Recorder(self.store, cfg.study, input_size=self.input_size,
-                                 search_id=self.search_id, progress=self.progress)
+                                 search_id=self.search_id, progress=self.progress,
+                                 artifacts=self.artifacts)
         ray_started, executor, self.runners_note = "", self.executor, None
         try:
             self._recover()
@@ -145,18 +147,13 @@ class Search:
                 self.proposer.enqueue(self.enqueue_specs)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
-            if executor is None and self.table is not None:
-                executor = self.executor = ReplayExecutor(
-                    self.table, seed=cfg.seed or 0, capacity=cfg.workers or 1)
             if executor is None:
-                executor, ray_started, self.runners_note = ray_executor(
-                    address=cfg.ray_address, workers=cfg.workers,
-                    cpus_per_trial=cfg.cpus_per_trial, gpus_per_trial=cfg.gpus_per_trial)
+                executor, ray_started, self.runners_note = _executor(self)
                 self.executor = executor
             self._started = executor.now() - (time.time() - started)  # --timeout counts set-up
             self._deadline = self._started + cfg.timeout if cfg.timeout else math.inf
             self._next_beat = self._started + cfg.heartbeat_s
-            self.progress.start(_start_info(self, executor))
+            self.progress.start(start_info(self, executor))
             with stop_signals() as stop:
                 # A Ray we started goes down with us (shutdown kills its workers); cancelling
                 # its tasks one by one as well has tripped Ray's task manager into aborting.
@@ -173,15 +170,7 @@ class Search:
                 self.progress.stop()
             finally:  # even when the display fails, the search row and Ray are closed
                 _close(self, executor, ray_started)
-        return SearchSummary(
-            study=cfg.study, storage=self.store.display_url, status=self.status,
-            counts={**self.recorder.counts, "retried": self.recorder.retried},
-            best=best_trials(self.study, self.store, cfg.objectives),
-            wall_s=time.time() - started, compute_s=self.recorder.compute_s,
-            trials_in_study=len(self.study.get_trials(deepcopy=False)),
-            counted=counted_trials(self.study.get_trials(deepcopy=False),
-                                   lost_trials(self.store.runs(cfg.study))),
-        )
+        return _summary(self, started)
 
     # -- Work: what the loop asks of a search ----------------------------------------------------
     def _left(self) -> int:
@@ -232,24 +221,29 @@ class Search:
         self.recorder.emit(subject, "infeasible", values=values, reason="constraints")
         self._infeasible_streak += 1
         if self._infeasible_streak >= MAX_CONSECUTIVE_INFEASIBLE:
-            raise UserError(_impossible(self.space.name, self.limits))
+            raise UserError(impossible(self.space.name, self.limits, MAX_CONSECUTIVE_INFEASIBLE))
 
     def _launch(self, p: Proposal) -> Job | None:
         """Answer `p` from a finished duplicate, park it behind one that trains, or return
         the request that trains it."""
         cached = self.cache.finished(p.key)
+        if cached is None and self.inheritance is not None:  # trained as a child before
+            cached = self.inheritance.answer(self.cache, p.spec.arch_id)
         if cached is not None:
             self._answer_from(p, cached)
             return None
         if self.cache.wait_for(p.key, p):
             return None
+        parent = self.inheritance and self.inheritance.parent(p.trial, p.spec)
+        p.parent = parent[0] if parent else None
+        recipe = self.inheritance.recipe if parent else self.recipe
         self._seq += 1
         key = f"{p.number}:{self._seq}"
         self.pending[key] = p
         self.cache.started(p.key)
         self.progress.launched(p.number, p.spec.summary())
-        return Job(key, p.spec.to_dict(), self.recipe.to_dict(), prunable=self.pruning.active,
-                   stall_s=self.config.stall_s)
+        return Job(key, p.spec.to_dict(), recipe.to_dict(), prunable=self.pruning.active,
+                   stall_s=self.config.stall_s, parent=parent and parent[1])
 
     def _answer_from(self, p: Proposal, source: RunRecord) -> None:
         subject = self._subject(p)
@@ -278,7 +272,7 @@ class Search:
         p = self.pending[event.key]  # until it is told: an error here leaves it to `abandon`
         waiting = self.cache.ended(p.key)
         result = event.result
-        subject = self._subject(p)
+        subject = self._subject(p, result)
         run = self.recorder.result(subject, result)
         self._lost_streak.finished()
         acc = result.get("val_accuracy")
@@ -292,6 +286,8 @@ class Search:
         del self.pending[event.key]
         if state == run.state:  # a "complete" run without a usable accuracy answers nothing
             self.cache.remember(run)
+        if self.inheritance is not None and state == run.state:
+            self.inheritance.finished(run, p.spec, result)
         self.recorder.emit(subject, state, values=values, run=run, reason=run.reason)
         for w in waiting:
             if state in ("complete", "pruned") or run.reason == "nan_loss":
@@ -351,15 +347,26 @@ class Search:
         })
 
 
-def _start_info(search: Search, executor: Executor) -> dict[str, Any]:
-    """What the display says when the search starts."""
-    cfg, info = search.config, executor.info
-    return {"study": cfg.study, "storage": search.store.display_url, "target": cfg.trials,
-            "already": search.accounted, "slots": executor.capacity, "space": search.space.name,
-            "pruner": search.pruning.name, "sampler": cfg.sampler, "epochs": search.epochs,
-            "objectives": list(cfg.objectives), "timeout_s": cfg.timeout,
-            "compute_budget_s": (cfg.max_compute_hours or 0) * 3600 or None,
-            "runners": info.get("runners", 0), "runners_note": search.runners_note}
+def _executor(search: Search) -> tuple[Executor, str, str | None]:
+    """Where the trials run: a replay table's, else Ray (see `ray_executor`)."""
+    cfg = search.config
+    if search.table is not None:
+        return ReplayExecutor(search.table, seed=cfg.seed or 0, capacity=cfg.workers or 1), "", None
+    return ray_executor(address=cfg.ray_address, workers=cfg.workers,
+                        cpus_per_trial=cfg.cpus_per_trial, gpus_per_trial=cfg.gpus_per_trial)
+
+
+def _summary(search: Search, started: float) -> SearchSummary:
+    cfg, recorder = search.config, search.recorder
+    trials = search.study.get_trials(deepcopy=False)
+    return SearchSummary(
+        study=cfg.study, storage=search.store.display_url, status=search.status,
+        counts={**recorder.counts, "retried": recorder.retried},
+        best=best_trials(search.study, search.store, cfg.objectives),
+        wall_s=time.time() - started, compute_s=recorder.compute_s,
+        trials_in_study=len(trials),
+        counted=counted_trials(trials, lost_trials(search.store.runs(cfg.study))),
+    )
 
 
 def _close(search: Search, executor: Executor | None, ray_started: str) -> None:

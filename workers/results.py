@@ -36,14 +36,22 @@ class TrialRequest:
         spec: `ArchitectureSpec.to_dict()`.
         config: `TrainConfig.to_dict()` (missing keys take defaults).
         key: an opaque id of the caller's, echoed in the result.
+        parent: a trained network to start from instead of random weights: `spec` (its
+            `ArchitectureSpec.to_dict()`) and `weights` (safetensors bytes of its state_dict).
+            `spec` must morph into the request's spec (`search_spaces.morph`): the network
+            then starts computing what the parent computes.
     """
 
     spec: dict[str, Any]
     config: dict[str, Any] = field(default_factory=dict)
     key: str = ""
+    parent: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"spec": dict(self.spec), "config": dict(self.config), "key": self.key}
+        out = {"spec": dict(self.spec), "config": dict(self.config), "key": self.key}
+        if self.parent is not None:
+            out["parent"] = dict(self.parent)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrialRequest:
@@ -91,6 +99,8 @@ class TrialResult:
     recipe_id: str | None = None
     key: str = ""  # the request's key
     dataset: str | None = None
+    # With a parent: the morph in words and the largest |child(x) - parent(x)| at the start.
+    inherited: dict[str, Any] | None = None
     weights: bytes | None = field(default=None, repr=False)  # safetensors of the state_dict
 
     @property

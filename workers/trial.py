@@ -95,6 +95,24 @@ def training_memory(
     )
 
 
+def morph_weights(
+    parent: ArchitectureSpec, parent_state: dict[str, torch.Tensor], child: ArchitectureSpec,
+    *, seed: int,
+) -> dict[str, torch.Tensor]:
+    """`search_spaces.morph_weights` (the child's state_dict computing the parent's function),
+    looked up at call time.
+
+    Args:
+        parent: the trained architecture.
+        parent_state: its trained state_dict.
+        child: the architecture to grow into.
+        seed: picks the copied channels and the fresh weights of new blocks.
+    """
+    from search_spaces.morph import morph_weights as morph
+
+    return morph(parent, parent_state, child, seed=seed)
+
+
 # -- helpers -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def _quiet_lightning() -> Iterator[None]:
@@ -225,6 +243,42 @@ def _too_big(
     return too_big_reason(estimate, budget, device, config.batch_size)
 
 
+# Images the inherited start is checked on: enough to see a broken morph, cheap on any net.
+_INHERIT_CHECK_SAMPLES = 64
+
+
+def _inherit(net: torch.nn.Module, spec: ArchitectureSpec, parent: dict[str, Any],
+             x_check: torch.Tensor, seed: int) -> dict[str, Any]:
+    """Load into `net` the parent's weights morphed into `spec`; what it did, in plain data.
+
+    The start is checked: the child's and the parent's outputs (eval mode) on a few
+    validation images, whose largest difference is returned as `gap`."""
+    from safetensors.torch import load as load_safetensors
+
+    from search_spaces.morph import check_morph
+
+    parent_spec = ArchitectureSpec.from_dict(parent["spec"])
+    weights = parent.get("weights")
+    if not isinstance(weights, (bytes, bytearray)):
+        raise ValueError("`parent.weights` got no safetensors bytes")
+    parent_state = load_safetensors(bytes(weights))
+    try:
+        state = morph_weights(parent_spec, parent_state, spec, seed=seed)
+    except ValueError as exc:  # the driver sent a parent that does not grow into this spec
+        raise TrialStop(f"not_a_morph: {exc}") from None
+    net.load_state_dict(state, strict=True)
+    parent_net = build_model(parent_spec)
+    parent_net.load_state_dict(parent_state, strict=True)
+    x = x_check[:_INHERIT_CHECK_SAMPLES].to("cpu", torch.float32)
+    net.eval()
+    parent_net.eval()
+    with torch.no_grad():
+        gap = float((net(x) - parent_net(x)).abs().max())
+    net.train()
+    return {"morph": check_morph(parent_spec, spec).describe() or ["same architecture"],
+            "gap": gap, "parent_arch_id": parent_spec.arch_id}
+
+
 def _weights_bytes(net: torch.nn.Module) -> bytes:
     from safetensors.torch import save
 
@@ -315,6 +369,8 @@ def _run(
         # 4. model, precision, layout
         pl.seed_everything(config.seed, workers=True, verbose=False)
         net = build_model(spec)
+        if request.parent is not None:
+            result.inherited = _inherit(net, spec, request.parent, data.x_val, config.seed)
         if result.params is None:
             result.params = sum(p.numel() for p in net.parameters())
         precision = _pick_precision(config, device)

@@ -33,6 +33,7 @@ class Job:
     config: dict[str, Any]
     prunable: bool = True  # the worker waits for a decision after each epoch
     stall_s: float | None = STALL_S  # silence after which it is given up (None: never)
+    parent: dict[str, Any] | None = None  # start from these trained weights (`TrialRequest`)
 
     @property
     def deadline_s(self) -> float | None:
@@ -46,7 +47,10 @@ class Job:
 
     def payload(self) -> dict[str, Any]:
         """The request dict `run_trial` takes."""
-        return {"spec": self.spec, "config": self.config, "key": self.key}
+        out = {"spec": self.spec, "config": self.config, "key": self.key}
+        if self.parent is not None:
+            out["parent"] = self.parent
+        return out
 
 
 @dataclass(frozen=True)

@@ -393,3 +393,14 @@ def test_dense_and_transformer_stages_keep_their_own_fields(store, storage_url):
     assert arch == {"block_types": "dense,transformer", "total_depth": 1 + 4 + 1 + 4 + 1}
     stages = _query(storage_url, "SELECT block, heads, compression FROM nas_stages ORDER BY stage")
     assert [tuple(s.values()) for s in stages] == [("dense", 1, 0.75), ("transformer", 4, 0.5)]
+
+
+def test_meta_facts_are_read_back_replaced_and_none_when_absent(store, storage_url):
+    assert store.meta("artifact_store") is None
+    store.set_meta("artifact_store", "/data/nas.db.artifacts")
+    store.set_meta("artifact_store", "s3://bucket/resnas")  # replaced, not duplicated
+    assert store.meta("artifact_store") == "s3://bucket/resnas"
+    rows = _query(storage_url, "SELECT value FROM nas_meta WHERE key = 'artifact_store'")
+    assert rows == [{"value": "s3://bucket/resnas"}]
+    with pytest.raises(ValueError, match="`value`"):
+        store.set_meta("artifact_store", 3)

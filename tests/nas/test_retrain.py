@@ -13,6 +13,7 @@ from nas.errors import UserError
 from nas.export import export
 from nas.retrain import kendall_tau, retrain
 from nas.search import run_search
+from nas.weights import Artifacts
 
 pytestmark = pytest.mark.slow  # real searches on Ray
 
@@ -49,6 +50,7 @@ def test_retrain_top_k_records_seeds_runs_at_full_fidelity_with_weights(searched
     report = retrain(store, STUDY, epochs=2, seeds=2, top=2, workers=2, progress=lines.append)
 
     runs = store.runs(f"{STUDY}.retrain")
+    artifacts = Artifacts.open(store.url, store)
     assert report.study == f"{STUDY}.retrain"
     assert len(runs) == 2 * len(chosen) == len(lines)
     assert sorted(r.trial_number for r in runs) == list(range(len(runs)))  # a running index
@@ -58,7 +60,7 @@ def test_retrain_top_k_records_seeds_runs_at_full_fidelity_with_weights(searched
         mine = [r for r in runs if r.extra["retrain_of"] == {"study": STUDY, "trial": source.trial_number}]
         assert {r.extra["seed"] for r in mine} == {0, 1}
         assert {r.arch_id for r in mine} == {source.arch_id}
-        assert all(store.weights(r.id) for r in mine)
+        assert all(artifacts.load(r) for r in mine)  # the artifact store (or nas_weights)
         assert len({r.recipe_id for r in mine}) == 2  # the seed is part of the recipe
         recipe = store.recipe(mine[0].recipe_id)
         assert recipe["epochs"] == 2 and recipe["keep_weights"] is True
