@@ -20,6 +20,9 @@ Which runs count where:
   its block type likewise.
 Runs still training, pruned or failed are counted but not plotted: the report works on a
 study that is still running and never writes to the database.
+
+The family tree (`inheritance`: runs that started from a trained parent's weights, `nas search
+--inherit`) is gathered by `nas.family.inheritance`, which says which runs it counts.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 
 from db import RunRecord, Store
 from nas.errors import UserError
+from nas.family import inheritance
 from nas.report_interactive import render_interactive
 from nas.report_render import render_html
 from nas.study import best_trials
@@ -148,7 +152,8 @@ def collect(store: Store, study: str, *, top: int = TOP_K) -> dict[str, Any]:
     `params`, `flops`, `arch_id`, `summary`: one entry per complete trial),
     `depth_by_skip` ({skip type: `depth`, `val_accuracy`, `trial`, `mean_by_depth`}),
     `skip_counts`, `block_counts`, `edf` (`skip` and `block`: {type: `error`, `fraction`}),
-    `top` (rows with stage layouts).
+    `top` (rows with stage layouts), `inheritance` (the family tree: see
+    `nas.family.inheritance`).
 
     Raises:
         UserError: the study has no runs in the store.
@@ -273,6 +278,7 @@ def collect(store: Store, study: str, *, top: int = TOP_K) -> dict[str, Any]:
             "block": {k: _edf(v) for k, v in sorted(block_errors.items())},
         },
         "top": top_rows,
+        "inheritance": inheritance(store, study, runs, specs),
     }
 
 

@@ -4,6 +4,8 @@ Optional: `render_interactive` raises ImportError where plotly is not installed,
 `nas.analyze` then writes only the static report with one line saying so. The charts follow the
 static ones and the same rules (`nas.report_render.depth_plan`: bars for a single depth, lines
 only between means of several trials); hovering a point shows its trial number and architecture.
+The family tree (`--inherit`) draws an arrow from each parent to its child
+(`nas.report_family.tree_layout`).
 """
 
 from __future__ import annotations
@@ -11,13 +13,9 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from nas.report_render import (
-    COST_LABELS,
-    DEPTH_LABEL,
-    MAX_EXPLICIT_TICKS,
-    MIN_TRIALS_PER_MEAN,
-    depth_plan,
-)
+from nas.report_family import OUTCOME_COLORS, inheritance_text, tree_layout
+from nas.report_figures import MAX_EXPLICIT_TICKS
+from nas.report_render import COST_LABELS, DEPTH_LABEL, MIN_TRIALS_PER_MEAN, depth_plan
 
 _HEIGHT = "460px"
 _CONFIG = {"displaylogo": False, "responsive": True}
@@ -138,6 +136,46 @@ def _depth(go, data: dict[str, Any], hover: dict[int, str]):
     return fig
 
 
+def _inheritance(go, data: dict[str, Any], hover: dict[int, str]):
+    plan = tree_layout(data)
+    nodes = plan["nodes"]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=nodes["trial"], y=nodes["val_accuracy"], mode="markers", name="trained trial",
+                             marker={"color": "#999"}, hovertext=[hover.get(t, f"trial {t}") for t in nodes["trial"]],
+                             hoverinfo="text"))
+    for outcome, color in OUTCOME_COLORS.items():
+        arrows = [a for a in plan["arrows"] if a["outcome"] == outcome]
+        if not arrows:
+            continue
+        texts = []
+        for a in arrows:
+            e = a["edge"]
+            morph = "<br>".join(html.escape(m) for m in e["morph"])
+            texts.append(f"trial {e['trial']} from {html.escape(e['parent'])}: {e['parent_val_accuracy']:.4f} -> "
+                         f"{e['val_accuracy']:.4f} ({e['gain']:+.4f}), {e['epochs'] if e['epochs'] is not None else '-'} epochs"
+                         + (f"<br>{morph}" if morph else ""))
+        fig.add_trace(go.Scatter(x=[a["child_xy"][0] for a in arrows], y=[a["child_xy"][1] for a in arrows],
+                                 mode="markers", name=f"{outcome} parent" if outcome != "tie" else "tie with parent",
+                                 marker={"color": color, "size": 9, "line": {"width": 1, "color": "black"}},
+                                 hovertext=texts, hoverinfo="text"))
+        for a in arrows:
+            fig.add_annotation(x=a["child_xy"][0], y=a["child_xy"][1], ax=a["parent_xy"][0], ay=a["parent_xy"][1],
+                               xref="x", yref="y", axref="x", ayref="y", showarrow=True, arrowhead=2,
+                               arrowwidth=1.5, arrowcolor=color, standoff=4, startstandoff=4, text="")
+    if plan["external"]:
+        labels = list(plan["external"])
+        fig.add_trace(go.Scatter(x=[plan["external"][k][0] for k in labels], y=[plan["external"][k][1] for k in labels],
+                                 mode="markers+text", text=labels, textposition="top left",
+                                 name="parent in another study", marker={"color": "white", "size": 9,
+                                                                          "line": {"width": 1, "color": "black"}},
+                                 hovertext=labels, hoverinfo="text+y"))
+    xs = list(nodes["trial"]) + [a["child_xy"][0] for a in plan["arrows"]]
+    _integer_xaxis(fig, xs)
+    fig.update_layout(xaxis_title="trial (other studies' parents: left of the first trial)",
+                      yaxis_title="validation accuracy (children: after their fewer epochs)")
+    return fig
+
+
 def charts(data: dict[str, Any]) -> list[tuple[str, str, Any | None, str | None]]:
     """(name, title, plotly figure or None, note) for each section; raises ImportError
     without plotly."""
@@ -161,6 +199,10 @@ def charts(data: dict[str, Any]) -> list[tuple[str, str, Any | None, str | None]
     res = bool(data["depth_by_skip"])
     out.append(("depth_by_skip", "Accuracy by depth for each skip type", _depth(go, data, hover) if res else None,
                 None if res else "no complete trial trained in this study (cached answers are left out)"))
+    if "inheritance" in data:
+        tree = bool(tree_layout(data)["arrows"])
+        out.append(("inheritance", "Family tree (inherited weights)", _inheritance(go, data, hover) if tree else None,
+                    inheritance_text(data)))
     return out
 
 

@@ -4,7 +4,8 @@ Each plot adapts to what the study holds: a discrete axis (depth, trial number) 
 ticks at the values present; a study with one total depth gets bars per skip type, not a line;
 a mean is joined to the next only when both come from two or more trials, so single points are
 never drawn as a trend. `depth_plan` is that decision as data (the interactive view and the
-tests read it too).
+tests read it too). The family tree (`--inherit`) is a figure, one summary line and a table of
+child -> parent, drawn by `nas.report_family`; a study where no trial inherited gets one line.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from nas.report_family import fig_inheritance, inheritance_table, inheritance_text, tree_layout
+from nas.report_figures import fmt_cell, integer_axis, new_figure
+
 COST_LABELS = {"params": "parameters", "flops": "multiply-adds per image", "latency": "latency (ms, batch 1)"}
 DEPTH_LABEL = "total depth (weighted layers on the longest path)"
-# Up to this many distinct values, an integer axis is ticked at exactly the values present.
-MAX_EXPLICIT_TICKS = 15
 # A mean over fewer trials than this is a single trial: drawn as a point, never joined by a line.
 MIN_TRIALS_PER_MEAN = 2
 
@@ -57,27 +59,7 @@ def depth_plan(data: dict[str, Any]) -> dict[str, Any]:
     return {"kind": kind, "depths": sorted(depths), "groups": groups}
 
 
-def _integer_axis(axis, values: list[Any]) -> None:
-    """Integer ticks on `axis` (an `ax.xaxis`): at the values present when they are few, else
-    wherever matplotlib puts them, but on integers."""
-    from matplotlib.ticker import MaxNLocator
-
-    distinct = sorted({int(v) for v in values if v is not None})
-    if 0 < len(distinct) <= MAX_EXPLICIT_TICKS:
-        axis.set_ticks(distinct)
-    else:
-        axis.set_major_locator(MaxNLocator(integer=True))
-
-
 # -- figures ------------------------------------------------------------------------------------
-def _figure(width: float = 7.0, height: float = 4.0):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
@@ -94,11 +76,11 @@ def _colors(keys: list[str]) -> dict[str, Any]:
 
 def fig_history(data: dict[str, Any]):
     h = data["history"]
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.scatter(h["trial"], h["val_accuracy"], s=18, alpha=0.7, label="trial")
     ax.step(h["trial"], h["best_so_far"], where="post", color="C3", label="best so far")
-    _integer_axis(ax.xaxis, h["trial"])
+    integer_axis(ax.xaxis, h["trial"])
     ax.set_xlabel("trial")
     ax.set_ylabel("validation accuracy")
     ax.set_title("Optimisation history (complete trials)")
@@ -110,7 +92,7 @@ def fig_history(data: dict[str, Any]):
 def fig_importance(data: dict[str, Any]):
     values = data["importance"]["values"]
     names = list(values)[::-1]
-    fig = _figure(7.0, max(2.5, 0.35 * len(names) + 1.0))
+    fig = new_figure(7.0, max(2.5, 0.35 * len(names) + 1.0))
     ax = fig.add_subplot()
     ax.barh(names, [values[n] for n in names], color="C0")
     ax.set_xlabel("importance for validation accuracy (Optuna's default evaluator; sums to 1)")
@@ -121,7 +103,7 @@ def fig_importance(data: dict[str, Any]):
 
 def fig_pareto(data: dict[str, Any]):
     p = data["pareto"]
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     ax.scatter(p["cost"], p["val_accuracy"], s=18, alpha=0.5, color="C7", label="complete trials")
     order = sorted(range(len(p["front"])), key=lambda i: p["front_cost"][i])
@@ -145,7 +127,7 @@ def fig_pareto(data: dict[str, Any]):
 
 def fig_cost(data: dict[str, Any]):
     c = data["cost"]
-    fig = _figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     for i, (key, label) in enumerate((("params", "parameters"), ("flops", "multiply-adds per image"))):
         ax = fig.add_subplot(1, 2, i + 1)
         pts = [(x, a) for x, a in zip(c[key], c["val_accuracy"], strict=True) if x]
@@ -167,7 +149,7 @@ def fig_depth(data: dict[str, Any]):
     plan = depth_plan(data)
     groups = plan["groups"]
     colors = _colors(list(groups))  # sorted, as in the EDF figure: same colour, same skip type
-    fig = _figure()
+    fig = new_figure()
     ax = fig.add_subplot()
     if plan["kind"] == "bars":
         # One depth in the study: nothing to plot against depth; compare skip types there.
@@ -190,7 +172,7 @@ def fig_depth(data: dict[str, Any]):
                        edgecolors="k", zorder=3, label=f"{skip} (mean of >= {MIN_TRIALS_PER_MEAN})")
         if g["line"]:
             ax.plot([d for d, _ in g["line"]], [m for _, m in g["line"]], "-", color=colors[skip])
-    _integer_axis(ax.xaxis, plan["depths"])
+    integer_axis(ax.xaxis, plan["depths"])
     ax.set_xlabel(DEPTH_LABEL)
     ax.set_ylabel("validation accuracy")
     ax.set_title("Accuracy by depth per skip type (lines join means of >= 2 trials)")
@@ -200,7 +182,7 @@ def fig_depth(data: dict[str, Any]):
 
 
 def fig_edf(data: dict[str, Any]):
-    fig = _figure(10.0, 4.0)
+    fig = new_figure(10.0, 4.0)
     for i, (kind, title) in enumerate((("skip", "skip type"), ("block", "block type"))):
         ax = fig.add_subplot(1, 2, i + 1)
         groups = data["edf"][kind]
@@ -241,6 +223,10 @@ def figures(data: dict[str, Any]) -> list[tuple[str, str, Any | None, str | None
                 fig_depth(data) if res else None, None if res else none_trained))
     out.append(("edf", "Error distribution (EDF) per skip type and block type",
                 fig_edf(data) if res else None, None if res else none_trained))
+    if "inheritance" in data:
+        tree = bool(tree_layout(data)["arrows"])
+        out.append(("inheritance", "Family tree (inherited weights)",
+                    fig_inheritance(data) if tree else None, inheritance_text(data)))
     return out
 
 
@@ -252,15 +238,6 @@ table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padd
 th{background:#f4f4f4}.note{color:#666;font-style:italic}img{max-width:100%;height:auto}code{background:#f4f4f4;padding:0 .2rem}
 .num{text-align:right;font-variant-numeric:tabular-nums}
 """
-
-
-def _fmt(v: Any, spec: str = ",") -> str:
-    if v is None:
-        return "-"
-    try:
-        return format(v, spec)
-    except (TypeError, ValueError):
-        return str(v)
 
 
 def _top_table(rows: list[dict[str, Any]]) -> str:
@@ -280,9 +257,9 @@ def _top_table(rows: list[dict[str, Any]]) -> str:
         cached = f" (cached from run {r['cached_from']})" if r.get("cached_from") else ""
         body.append(
             f"<tr><td>{i}</td><td>{r['trial']}{html.escape(cached)}</td>"
-            f"<td class=num>{_fmt(r['val_accuracy'], '.4f')}</td><td class=num>{_fmt(r['params'])}</td>"
-            f"<td class=num>{_fmt(r['flops'])}</td><td class=num>{_fmt(r['total_depth'])}</td>"
-            f"<td class=num>{_fmt(r['fidelity'])}</td><td>{stages}</td><td><code>{html.escape(r['arch_id'])}</code></td></tr>"
+            f"<td class=num>{fmt_cell(r['val_accuracy'], '.4f')}</td><td class=num>{fmt_cell(r['params'])}</td>"
+            f"<td class=num>{fmt_cell(r['flops'])}</td><td class=num>{fmt_cell(r['total_depth'])}</td>"
+            f"<td class=num>{fmt_cell(r['fidelity'])}</td><td>{stages}</td><td><code>{html.escape(r['arch_id'])}</code></td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -293,7 +270,7 @@ def _summary(data: dict[str, Any]) -> str:
     best = data["best"]
     best_text = (
         f"best: trial {best['trial']}, validation accuracy {best['val_accuracy']:.4f}, "
-        f"{_fmt(best['params'])} parameters (arch <code>{html.escape(best['arch_id'])}</code>)"
+        f"{fmt_cell(best['params'])} parameters (arch <code>{html.escape(best['arch_id'])}</code>)"
         if best else "no complete trial yet"
     )
     return (
@@ -331,9 +308,12 @@ def render_html(data: dict[str, Any], *, png_dir: str | Path | None = None) -> s
                 (Path(png_dir) / f"{name}.png").write_bytes(png)
             b64 = base64.b64encode(png).decode("ascii")
             part.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{b64}">')
-        if note:
+        if name == "inheritance" and data["inheritance"]["edges"]:  # the section's content
+            part.append(f"<p>{html.escape(note)}</p>")
+            part.append(inheritance_table(data))
+        elif note:
             part.append(f'<p class="note">{html.escape(note)}</p>')
-        sections.append("\n".join(part))
+        sections.append("\n".join(p for p in part if p))
     sections.append(f'<h2 id="top">Top {len(data["top"])} architectures</h2>\n{_top_table(data["top"])}')
     title = f"resnas study {data['study']}"
     return (

@@ -16,6 +16,7 @@ from rich.table import Table
 from db import RunRecord, SearchRecord, Store, StoreError
 from db.store import record_fields
 from nas.consoles import console_for
+from nas.family import inherited_labels  # `#12` / `other-study#3`; no optuna, no torch
 
 FORMATS = ("table", "csv", "json")
 
@@ -100,9 +101,11 @@ def print_trials(
             writer.writerow(["" if row[n] is None else row[n] for n in names])
         return
     sources = {i: store.get_run(i) for i in {r.cached_from for r in runs} - {None}}
+    origins = inherited_labels(store, runs, study)  # the column only where some trial inherited
     table = Table(title=escape(f"study {study} ({len(runs)} runs)"))
     for name, justify in (
         ("trial", "right"),
+        *((("from", "left"),) if origins else ()),
         ("state", "left"),
         ("val acc", "right"),
         ("best acc", "right"),
@@ -125,6 +128,7 @@ def print_trials(
             note = f"retry of trial {run.retry_of}" + (f"; {note}" if note else "")
         table.add_row(
             str(run.trial_number),
+            *((escape(origins.get(run.id, "")),) if origins else ()),
             run.state,
             _fmt(run.val_accuracy),
             _fmt(run.best_val_accuracy),
