@@ -22,6 +22,9 @@ from nas.sampler_options import MUTATIONS
 
 # Redraws of a log-scaled or float parameter before a mutation settles for "any other value".
 _REDRAWS = 32
+# The parameters a `grow` mutation enlarges: a stage's blocks and channels (the stable labels
+# of `search_spaces`), the two ways a trained network grows by a function-preserving morph.
+_GROWS = (".depth", ".width")
 
 
 @dataclass
@@ -30,6 +33,7 @@ class _Plan:
 
     parent: FrozenTrial | None
     mutate: frozenset[str] = field(default_factory=frozenset)
+    grow: bool = False  # the mutated parameter takes a larger value
 
 
 class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
@@ -51,6 +55,10 @@ class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
         sample_size: Trials drawn from it per child; the best is the parent (S <= P).
         mutation: `one`: exactly one parameter changes. `per_param`: each of the parent's
             parameters changes with probability 1/n (n of them), and at least one does.
+            `grow`: one stage's depth or width (`stageN.depth`, `stageN.width`) takes a larger
+            value, so that the child extends its parent and `--inherit` starts it from the
+            parent's weights (NASH-style hill climbing, Elsken et al. 2017); a parent that
+            cannot grow is mutated as with `one`.
         seed: Seed of the parent choice, the mutations and the random draws.
     """
 
@@ -97,6 +105,8 @@ class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
                                                        param_distribution)
             value = parent.params[param_name]
             inherited = _contains(param_distribution, value)
+            if plan.grow and param_name in plan.mutate and inherited:
+                return self._rng.choice(_larger(param_distribution, value))
             if param_name in plan.mutate or not inherited:
                 return self._other_value(study, trial, param_name, param_distribution,
                                          value if inherited else None)
@@ -131,7 +141,12 @@ class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
         mutable = [n for n in names if _choices_above_one(parent.distributions[n])] or names
         if not mutable:
             return _Plan(parent)
-        if self.mutation == "one":
+        if self.mutation == "grow":
+            growing = [n for n in names if n.endswith(_GROWS)
+                       and _larger(parent.distributions[n], parent.params[n])]
+            if growing:
+                return _Plan(parent, frozenset([self._rng.choice(growing)]), grow=True)
+        if self.mutation in ("one", "grow"):
             return _Plan(parent, frozenset([self._rng.choice(mutable)]))
         chosen = [n for n in mutable if self._rng.random() < 1.0 / len(mutable)]
         return _Plan(parent, frozenset(chosen or [self._rng.choice(mutable)]))
@@ -160,6 +175,18 @@ class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
             others = [v for v in range(dist.low, dist.high + 1, dist.step) if v != current]
             return self._rng.choice(others) if others else current
         return value
+
+
+def _larger(dist: BaseDistribution, value: Any) -> list[Any]:
+    """The values of `dist` above `value` (numeric choices or integer steps); [] if none."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return []
+    if isinstance(dist, CategoricalDistribution):
+        return [c for c in dist.choices
+                if not isinstance(c, bool) and isinstance(c, (int, float)) and c > value]
+    if isinstance(dist, IntDistribution) and not dist.log:
+        return list(range(int(value) + dist.step, dist.high + 1, dist.step))
+    return []
 
 
 def _same(a: Any, b: Any) -> bool:

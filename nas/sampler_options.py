@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-MUTATIONS = ("one", "per_param")  # of regularized evolution (nas.evolution)
+MUTATIONS = ("one", "per_param", "grow")  # of regularized evolution (nas.evolution)
 
 # Options each sampler takes (`--sampler-options key=value,...`): name -> (default, what is
 # allowed, check). Evolution's defaults are the common ones for searches of a few hundred

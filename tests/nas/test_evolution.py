@@ -328,3 +328,40 @@ def test_bad_sampler_options_on_the_command_line_are_one_clear_line(args, needle
 def test_search_help_lists_sampler_options(tmp_path):
     result = nas("search", "--help", cwd=tmp_path)
     assert result.returncode == 0 and "--sampler-options" in result.stdout
+
+
+def test_mutation_grow_enlarges_one_stage_depth_or_width_and_falls_back_to_one():
+    space = {"stage1.depth": CategoricalDistribution([1, 2, 3]),
+             "stage1.width": CategoricalDistribution([8, 16]),
+             "stage1.skip": CategoricalDistribution(["identity", "projection"]),
+             "stage2.depth": IntDistribution(1, 4)}
+
+    def ask(study):
+        trial = study.ask()
+        return {"stage1.depth": trial.suggest_categorical("stage1.depth", [1, 2, 3]),
+                "stage1.width": trial.suggest_categorical("stage1.width", [8, 16]),
+                "stage1.skip": trial.suggest_categorical("stage1.skip", ["identity", "projection"]),
+                "stage2.depth": trial.suggest_int("stage2.depth", 1, 4)}
+
+    def study_of(parent):
+        study = optuna.create_study(direction="maximize", sampler=RegularizedEvolutionSampler(
+            population_size=1, sample_size=1, mutation="grow", seed=5))
+        study.add_trial(create_trial(params=parent, distributions=space, value=1.0))
+        return study
+
+    parent = {"stage1.depth": 2, "stage1.width": 8, "stage1.skip": "identity", "stage2.depth": 3}
+    study = study_of(parent)
+    children = [ask(study) for _ in range(60)]
+    for child in children:
+        [name] = changed(child, parent)
+        assert name != "stage1.skip" and child[name] > parent[name]
+    assert {next(iter(changed(c, parent))) for c in children} == {
+        "stage1.depth", "stage1.width", "stage2.depth"}
+    # Fully grown: one parameter changes, as with `one` (here only the skip can).
+    top = {"stage1.depth": 3, "stage1.width": 16, "stage1.skip": "identity", "stage2.depth": 4}
+    study = study_of(top)
+    for _ in range(10):
+        child = ask(study)
+        assert changed(child, top) in ({"stage1.skip"}, {"stage1.depth"}, {"stage1.width"},
+                                       {"stage2.depth"})
+        assert len(changed(child, top)) == 1
