@@ -265,11 +265,14 @@ def _unknown_key(loc: tuple[str, ...], source: str) -> str:
         flags = [_flag(k) for k in allowed]
         hint = did_you_mean(_flag(key), flags)
         return f"unknown option `{_flag(key)}`; {hint}allowed: {', '.join(flags)}"
-    hint = did_you_mean(key, allowed)
-    if not hint and in_train and key in SearchConfig.model_fields:
+    # A key at the wrong level first: `epochs` is closer to `train.epochs` than to any
+    # look-alike (`inherit_epochs`) at its own level.
+    if in_train and key in SearchConfig.model_fields:
         hint = f"did you mean the top-level `{key}` (not under `train:`)? "
-    elif not hint and not in_train and key in train_keys():
+    elif not in_train and key in train_keys():
         hint = f"did you mean `train.{key}` (training settings go under `train:`)? "
+    else:
+        hint = did_you_mean(key, allowed)
     where = " in `train`" if in_train else ""
     return f"unknown key `{'.'.join(loc)}`; {hint}allowed{where}: {', '.join(allowed)}"
 
