@@ -144,6 +144,17 @@ def render(ctx: dict[str, Any]) -> str:
             f"This trial was answered from the cache: the weights and measurements are those of "
             f"run {ctx['weights_from_run']} (same architecture, recipe and dataset)."
         )
+    inherit = (run.extra or {}).get("inherit") if run.inherited_from is not None else None
+    if inherit:
+        where = (f"trial {inherit.get('parent_trial')}" if inherit.get("parent_study") == ctx["study"]
+                 else f"trial {inherit.get('parent_trial')} of study `{inherit.get('parent_study')}`")
+        grown = "; ".join(inherit.get("morph") or []) or "a function-preserving morph"
+        lines.append(
+            f"It did not start from random weights: it grew from {where} (run "
+            f"{run.inherited_from}, architecture {inherit.get('parent_arch_id')}) by {grown}, "
+            f"and trained {run.fidelity} epoch(s) from there (`nas search --inherit`). "
+            f"`nas retrain` trains the architecture from scratch."
+        )
     if ctx.get("retrain_of"):
         ro = ctx["retrain_of"]
         lines.append(

@@ -245,3 +245,4 @@ def test_a_search_with_inherit_on_ray_records_parents_and_exports_a_child(tmp_pa
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["arch_id"] == DEEPER.arch_id
     assert (out / "model.safetensors").is_file()
+    assert "it grew from trial 0" in (out / "README.md").read_text()
