@@ -151,6 +151,10 @@ def analyze(
     )
     if data["importance"]["note"]:
         console.print(f"  note: {data['importance']['note']}", highlight=False, soft_wrap=True)
+    if data["inheritance"]["edges"]:
+        from nas.report_family import inheritance_text
+
+        console.print(f"  family tree: {inheritance_text(data)}", highlight=False, soft_wrap=True)
     if png is not None:
         console.print(f"  figures also in {png}/", highlight=False, soft_wrap=True)
     interactive = data.get("interactive") or {}

@@ -27,7 +27,13 @@ def resolve_inputs(config: SearchConfig) -> Inputs:
     """The space, table, recipe and dataset facts of `config`; UserError for what is wrong."""
     space = _load_space(config.space)
     table = None if config.replay is None else _replay_table(config, space)
+    if table is not None and config.inherit:
+        raise UserError(f"--inherit starts trained weights into new candidates, and --replay "
+                        f"{config.replay} trains nothing: use one or the other")
     recipe, data = _recipe_and_data(config, space, table)
+    if config.inherit_epochs is not None and config.inherit_epochs > recipe.epochs:
+        raise UserError(f"--inherit-epochs {config.inherit_epochs} is more than the recipe's "
+                        f"{recipe.epochs} epochs; allowed: 1 to {recipe.epochs}")
     return Inputs(space, table, recipe, data)
 
 

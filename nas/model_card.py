@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from nas.report_figures import fmt_cell
+
 FORMAT_FILES = {
     "safetensors": "model.safetensors",
     "model_py": "model.py",
@@ -18,13 +20,6 @@ FORMAT_TITLES = {
 }
 
 
-def _num(value: Any, fmt: str = ",") -> str:
-    if value is None:
-        return "-"
-    try:
-        return format(value, fmt)
-    except (TypeError, ValueError):
-        return str(value)
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
@@ -49,8 +44,8 @@ def stage_rows(spec: Any, input_size: tuple[int, int]) -> list[list[Any]]:
             r.get("stride"),
             f"{r.get('in_channels')} -> {r.get('out_channels')}",
             f"{res[0]}x{res[1]}" if res else None,
-            _num(r.get("params")),
-            _num(r.get("flops")),
+            fmt_cell(r.get("params")),
+            fmt_cell(r.get("flops")),
         ])
     return rows
 
@@ -129,8 +124,8 @@ def render(ctx: dict[str, Any]) -> str:
     title = f"{ctx['study']} / trial {run.trial_number}: residual network {spec.arch_id}"
     lines = [f"# {title}", ""]
     lines.append(
-        f"`{spec.summary()}` — {_num(metrics.get('params'))} parameters, "
-        f"{_num(metrics.get('flops'))} multiply-adds per image, validation accuracy "
+        f"`{spec.summary()}` — {fmt_cell(metrics.get('params'))} parameters, "
+        f"{fmt_cell(metrics.get('flops'))} multiply-adds per image, validation accuracy "
         f"{'-' if acc is None else f'{acc:.4f}'} on `{metrics.get('dataset')}` after "
         f"{metrics.get('fidelity')} epoch(s)."
     )
@@ -203,9 +198,9 @@ def render(ctx: dict[str, Any]) -> str:
     # -- results
     lines += ["", "## Results", ""]
     rows = [
-        ["validation accuracy (last epoch)", _num(acc, ".4f")],
-        ["best validation accuracy (any epoch)", _num(metrics.get("best_val_accuracy"), ".4f")],
-        ["validation loss (last epoch)", _num(metrics.get("val_loss"), ".4f")],
+        ["validation accuracy (last epoch)", fmt_cell(acc, ".4f")],
+        ["best validation accuracy (any epoch)", fmt_cell(metrics.get("best_val_accuracy"), ".4f")],
+        ["validation loss (last epoch)", fmt_cell(metrics.get("val_loss"), ".4f")],
         ["epochs trained (fidelity)", metrics.get("fidelity")],
         ["training time", f"{metrics['duration_s']:.1f} s" if metrics.get("duration_s") else "-"],
         ["training throughput", f"{metrics['samples_per_s']:,.0f} samples/s" if metrics.get("samples_per_s") else "-"],
@@ -215,8 +210,8 @@ def render(ctx: dict[str, Any]) -> str:
         lines += ["", "Learning curve:", ""]
         lines.append(_table(
             ["epoch", "train loss", "val loss", "val accuracy", "lr"],
-            [[e.get("epoch"), _num(e.get("train_loss"), ".4f"), _num(e.get("val_loss"), ".4f"),
-              _num(e.get("val_accuracy"), ".4f"), _num(e.get("lr"), ".3g")] for e in epochs],
+            [[e.get("epoch"), fmt_cell(e.get("train_loss"), ".4f"), fmt_cell(e.get("val_loss"), ".4f"),
+              fmt_cell(e.get("val_accuracy"), ".4f"), fmt_cell(e.get("lr"), ".3g")] for e in epochs],
         ))
 
     # -- cost
@@ -224,8 +219,8 @@ def render(ctx: dict[str, Any]) -> str:
     lat = metrics.get("latency_ms")
     lat_batch = metrics.get("latency_ms_batch")
     lines.append(_table(["measure", "value"], [
-        ["parameters", _num(metrics.get("params"))],
-        ["multiply-adds per image (FLOPs as usually quoted)", _num(metrics.get("flops"))],
+        ["parameters", fmt_cell(metrics.get("params"))],
+        ["multiply-adds per image (FLOPs as usually quoted)", fmt_cell(metrics.get("flops"))],
         ["latency, batch 1 (median, eval mode)", f"{lat:.3f} ms" if lat is not None else "-"],
         ["latency, one batch (median)", f"{lat_batch:.3f} ms" if lat_batch is not None else "-"],
         ["peak memory while training", f"{metrics['peak_memory_mb']:,.0f} MB" if metrics.get("peak_memory_mb") else "-"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from db import EpochRecord, RunRecord, Store
@@ -129,6 +129,9 @@ class Recorder:
     def answered(self, s: Subject, source: RunRecord) -> RunRecord:
         """A duplicate told the outcome of the run it duplicates; nothing trained."""
         copied = {name: getattr(source, name) for name in RunRecord.MEASURED}
+        # What was trained is the source's: a child of `--inherit` trained its own epochs.
+        s = replace(s, recipe_id=source.recipe_id or s.recipe_id,
+                    fidelity=source.fidelity or s.fidelity)
         run = self._row(s, source.state, reason=source.reason,
                         **{**copied, "duration_s": 0.0},
                         started=time.time(), cached_from=source.cached_from or source.id)

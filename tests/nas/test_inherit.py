@@ -178,6 +178,7 @@ def test_a_duplicate_of_a_child_is_answered_from_it_and_a_later_study_inherits_t
     assert summary.counts["cached"] == 1 and summary.counts["complete"] == 1
     runs = {(r.study, r.trial_number): r for r in Store(sqlite_url).runs()}
     assert runs["grow2", 0].cached_from == runs["grow", 1].id
+    assert runs["grow2", 0].fidelity == 2  # what was trained: the child's epochs
     assert runs["grow2", 1].inherited_from == runs["grow", 1].id
     assert len(jobs) == 3
 
@@ -246,3 +247,17 @@ def test_a_search_with_inherit_on_ray_records_parents_and_exports_a_child(tmp_pa
     assert metrics["arch_id"] == DEEPER.arch_id
     assert (out / "model.safetensors").is_file()
     assert "it grew from trial 0" in (out / "README.md").read_text()
+
+
+def test_inherit_with_a_replay_or_more_child_epochs_than_the_recipe_is_refused(sqlite_url):
+    from nas.errors import UserError
+    from nas.inputs import resolve_inputs
+
+    replay = build_config({}, {"storage": sqlite_url, "replay": "nasbench201:cifar10",
+                               "space": "nasbench201", "inherit": True}, "flags")
+    with pytest.raises(UserError, match="--inherit .* --replay nasbench201:cifar10 trains nothing"):
+        resolve_inputs(replay)
+    longer = build_config({}, {"storage": sqlite_url, "inherit": True, "inherit_epochs": 9,
+                               "train": {"epochs": 8}}, "flags")
+    with pytest.raises(UserError, match="--inherit-epochs 9 is more than the recipe's 8 epochs"):
+        resolve_inputs(longer)
