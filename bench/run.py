@@ -15,11 +15,12 @@ import argparse
 import importlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 from bench import common
 
-ORDER = ("controller", "duplicates", "overhead", "scaling", "search_efficiency")
+ORDER = ("controller", "duplicates", "overhead", "scaling", "search_efficiency", "inherit")
 README = common.BENCH_DIR / "README.md"
 START, END = "<!-- bench:summary:start -->", "<!-- bench:summary:end -->"
 
@@ -122,6 +123,17 @@ def summary_rows() -> list[tuple[str, str, str, str]]:
         for L, c in (d.get("max_cluster") or {}).items():
             rows.append(("scaling: one controller", f"{_f(d['controller_trials_per_s'], '{:.1f}')} trials/s "
                          f"x {L} s trials = {c['max_busy_workers']} busy workers at most", "", ""))
+    if d := _load("inherit"):
+        for name, t in d["setups"].items():
+            s, reach = t["summary"], t["summary"]["ratio_median"]
+            rows.append((f"inherit, {name} ({d['mode']}: {d['seeds']} seeds x {d['trials']} trials, "
+                         f"{Path(t['space']).stem}, {t['recipe']['epochs']} epochs, {t['sampler']})",
+                         f"best {_f(s['scratch_best'], '{:.4f}')} scratch vs "
+                         f"{_f(s['inherit_best'], '{:.4f}')} inherit; compute to reach the scratch "
+                         f"best, inherit / scratch: {'never' if reach is None else _f(reach)} "
+                         f"(median; {s['reached']} of {d['seeds']} seeds reached it); "
+                         f"{s['share_with_parent']:.0%} had a parent",
+                         "<= 0.5", _goal(t["goal_met"])))
     if d := _load("throughput"):
         for r in d.get("rows", []):
             rows.append((f"training throughput: {r['label']}", f"run_trial / hand loop samples/s = "

@@ -111,3 +111,17 @@ def test_defaults_smoke():
     rows = defaults.main(["--smoke"])
     assert len(rows) == 2 + len(defaults.SINGLE) + len(defaults.MULTI) + 1
     assert all(row.count("|") == 7 for row in rows)
+
+
+def test_inherit_smoke(results):
+    from bench import inherit
+
+    inherit.main(["--smoke", "--epochs", "2", "--setups", "default"])
+    d = _load(results, "inherit")
+    [seed] = d["setups"]["default"]["per_seed"]
+    assert seed["budget"] > 0 and seed["scratch"]["trained"] >= 1
+    assert 0 < seed["inherit"]["compute_used"] <= 1 + 1e-9  # cut at the scratch search's compute
+    kids = seed["inherit"]["children"]
+    assert 0 <= kids["with_parent"] <= kids["trained"] and kids["recipe_epochs"] == 2
+    assert d["setups"]["default"]["summary"]["scratch_best"] is not None
+    assert set(d["goals"]) == {"default_same_best_with_half_the_compute"}
