@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from db import RunRecord, Store
+from nas.recorder import trial_ref
 from nas.weights import WeightsError
 from search_spaces import ArchitectureSpec
 from search_spaces.morph import Morph, morph_plan
@@ -76,6 +77,7 @@ class Parents:
         self._families: dict[str, bool] = {}  # recipe_id -> of this family
         self._specs: dict[str, ArchitectureSpec | None] = {}
         self.runs: list[tuple[RunRecord, ArchitectureSpec]] = []
+        self._ids: set[int] = set()  # of `runs`, so a run read again is not added twice
         self._last_id = 0
         self._read_at = -math.inf
         self.refresh()
@@ -106,7 +108,7 @@ class Parents:
 
     def add(self, run: RunRecord, spec: ArchitectureSpec | None = None) -> None:
         """A trained run with weights, if it belongs to the family."""
-        if run.id is None or any(r.id == run.id for r, _ in self.runs):
+        if run.id is None or run.id in self._ids:
             return
         if run.val_accuracy is None or not math.isfinite(run.val_accuracy):
             return
@@ -115,6 +117,7 @@ class Parents:
         spec = spec or self._spec(run.arch_id)
         if spec is not None:
             self.runs.append((run, spec))
+            self._ids.add(run.id)
 
     def parent_for(self, child: ArchitectureSpec) -> Parent | None:
         """The best run whose architecture grows into `child` by a morph; None if none does.
@@ -167,10 +170,7 @@ class Inheritance:
             return None
         if weights is None:
             return None
-        run = found.run
-        # The dashboard shows user attributes: the trial a person can look up, not a row id.
-        trial.set_user_attr("inherited_from", run.trial_number if run.study == self.study
-                            else f"{run.study} trial {run.trial_number}")
+        trial.set_user_attr("inherited_from", trial_ref(found.run, self.study))
         return found, {"spec": found.spec.to_dict(), "weights": weights}
 
     def subject(self, subject: Any, parent: Parent, result: dict[str, Any] | None = None) -> Any:

@@ -34,6 +34,12 @@ class Subject:
     trial: Any = None  # the Optuna trial (`optuna.trial.Trial`), where there is one
 
 
+def trial_ref(run: RunRecord, study: str) -> int | str:
+    """`run`'s trial as a person looks it up from `study` (the dashboard's user attributes
+    show this, not a row id): its number, or `other-study trial N`."""
+    return run.trial_number if run.study == study else f"{run.study} trial {run.trial_number}"
+
+
 class Recorder:
     """Writes the runs of one study (`study`) for one search or retrain (`search_id`).
 

@@ -31,7 +31,7 @@ from nas.loop import drive, stop_signals
 from nas.losses import LostStreak, is_loss, lost_trials
 from nas.proposer import Proposal, Proposer, impossible, resolve_architecture
 from nas.pruning import PruningRule
-from nas.recorder import Recorder, Subject
+from nas.recorder import Recorder, Subject, trial_ref
 from nas.recovery import recover_study
 from nas.samplers import make_sampler
 from nas.study import best_trials, counted_trials, fail_trial, open_storage, open_study
@@ -249,8 +249,7 @@ class Search:
         subject = self._subject(p)
         run = self.recorder.answered(subject, source)
         # The dashboard shows user attributes: the trial a person can look up, not a row id.
-        p.trial.set_user_attr("cached_from", source.trial_number if source.study == self.config.study
-                              else f"{source.study} trial {source.trial_number}")
+        p.trial.set_user_attr("cached_from", trial_ref(source, self.config.study))
         values = self.proposer.tell(p, source.state if source.state in ("complete", "pruned")
                                     else "failed", accuracy=source.val_accuracy,
                                     latency_ms=source.latency_ms)
