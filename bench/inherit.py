@@ -170,11 +170,12 @@ def one_seed(seed: int, trials: int, inherit_epochs: int | None, sampler: str,
     }
 
 
-def _median(values: list[float | None]) -> float | None:
-    """The median, with `None` (never reached) counted as worse than any value."""
+def _median(values: list[float | None], *, none_is: float = math.inf) -> float | None:
+    """The median, with `None` (never reached) counted as worse than any value: `none_is`
+    is where it sorts (+inf for compute, where less is better; -inf for an accuracy)."""
     if not values:
         return None
-    ordered = sorted(values, key=lambda v: math.inf if v is None else v)
+    ordered = sorted(values, key=lambda v: none_is if v is None else v)
     mid = len(ordered) // 2
     if len(ordered) % 2:
         return ordered[mid]
@@ -182,14 +183,19 @@ def _median(values: list[float | None]) -> float | None:
     return None if a is None or b is None else (a + b) / 2
 
 
+def _num(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def summarise(seeds: list[dict[str, Any]]) -> dict[str, Any]:
     reach = [s["inherit"]["ratio_to_scratch"] for s in seeds]
     kids = [s["inherit"]["children"] for s in seeds]
     epochs = [k["child_epochs"] for k in kids if k["child_epochs"] is not None]
     return {
-        "scratch_best": statistics.median(s["scratch"]["best"] for s in seeds),
-        "inherit_best": statistics.median(s["inherit"]["best"] for s in seeds),
-        "inherit_best_at_half": _median([s["inherit"]["best_at_half"] for s in seeds]),
+        "scratch_best": _median([s["scratch"]["best"] for s in seeds], none_is=-math.inf),
+        "inherit_best": _median([s["inherit"]["best"] for s in seeds], none_is=-math.inf),
+        "inherit_best_at_half": _median([s["inherit"]["best_at_half"] for s in seeds],
+                                        none_is=-math.inf),
         "ratio_median": _median(reach),
         "reached": sum(r is not None for r in reach),
         # The goal read the other way: the scratch search's final best within half its compute.
@@ -221,9 +227,9 @@ def run_setup(name: str, setup: dict[str, Any], n_seeds: int, trials: int) -> di
         seeds.append(s)
         i, k = s["inherit"], s["inherit"]["children"]
         reach = "never" if i["ratio_to_scratch"] is None else f"{i['ratio_to_scratch']:.2f}x"
-        print(f"   seed {seed}: scratch best {s['scratch']['best']:.4f} (reached at "
-              f"{s['scratch']['compute_to_own_best']:.2f} of the budget) | inherit best "
-              f"{i['best']:.4f} (at half the budget {i['best_at_half'] or 0:.4f}), reached "
+        print(f"   seed {seed}: scratch best {_num(s['scratch']['best'])} (reached at "
+              f"{_num(s['scratch']['compute_to_own_best'], 2)} of the budget) | inherit best "
+              f"{_num(i['best'])} (at half the budget {_num(i['best_at_half'])}), reached "
               f"the scratch best with {reach} the scratch search's compute | "
               f"{k['with_parent']}/{k['trained']} with a parent, {k['child_epochs']} epochs "
               f"vs {k['recipe_epochs']}", flush=True)

@@ -105,8 +105,10 @@ class RegularizedEvolutionSampler(optuna.samplers.BaseSampler):
                                                        param_distribution)
             value = parent.params[param_name]
             inherited = _contains(param_distribution, value)
-            if plan.grow and param_name in plan.mutate and inherited:
-                return self._rng.choice(_larger(param_distribution, value))
+            # The trial's distribution may not be the parent's: then it may hold nothing larger.
+            larger = _larger(param_distribution, value) if plan.grow and inherited else []
+            if param_name in plan.mutate and larger:
+                return self._rng.choice(larger)
             if param_name in plan.mutate or not inherited:
                 return self._other_value(study, trial, param_name, param_distribution,
                                          value if inherited else None)

@@ -51,6 +51,12 @@ def _inherit_extra(run: RunRecord) -> dict[str, Any]:
     return info if isinstance(info, dict) else {}
 
 
+def _inherited(run: RunRecord) -> bool:
+    """Whether `run` started from a parent: `inherited_from`, or what its `extra` recorded
+    when the parent's study was deleted since (its row, and so the link, are gone)."""
+    return run.inherited_from is not None or bool(_inherit_extra(run))
+
+
 def _parent_label(run: RunRecord, parent: RunRecord | None, study: str) -> str:
     """`#12` (a trial of `study`), `other-study#3`, or `run 17` when the parent row is gone and
     the run's `extra` does not say which trial it was."""
@@ -61,7 +67,7 @@ def _parent_label(run: RunRecord, parent: RunRecord | None, study: str) -> str:
     study_name = info.get("parent_study")
     label = _trial_label(study_name if isinstance(study_name, str) else None,
                          trial if isinstance(trial, int) else None, study)
-    return label or f"run {run.inherited_from}"
+    return label or f"run {run.inherited_from or info.get('parent_run')}"
 
 
 def inherited_labels(store: Store, runs: list[RunRecord], study: str) -> dict[int, str]:
@@ -70,7 +76,7 @@ def inherited_labels(store: Store, runs: list[RunRecord], study: str) -> dict[in
     `from` column). Empty when none of `runs` inherited."""
     parents = _parent_runs(store, runs)
     return {r.id: _parent_label(r, parents.get(r.inherited_from), study)
-            for r in runs if r.inherited_from is not None and r.id is not None}
+            for r in runs if _inherited(r) and r.id is not None}
 
 
 def _morph_words(store: Store, child: RunRecord, parent: RunRecord | None,
@@ -125,7 +131,7 @@ def inheritance(store: Store, study: str, runs: list[RunRecord],
     specs = dict(specs or {})  # parents' specs are added: not the caller's dict
     trained = sorted((r for r in runs if r.state == "complete" and r.cached_from is None
                       and _finite(r.val_accuracy)), key=lambda r: r.trial_number)
-    children = sorted((r for r in runs if r.inherited_from is not None and r.cached_from is None),
+    children = sorted((r for r in runs if _inherited(r) and r.cached_from is None),
                       key=lambda r: r.trial_number)
     parents = _parent_runs(store, children, known=runs)
     edges = []
@@ -134,7 +140,8 @@ def inheritance(store: Store, study: str, runs: list[RunRecord],
         info = _inherit_extra(child)
         acc = child.val_accuracy if child.state == "complete" and _finite(child.val_accuracy) else None
         parent_acc = (parent.val_accuracy if parent is not None and parent.state == "complete"
-                      and _finite(parent.val_accuracy) else None)
+                      else info.get("parent_val_accuracy") if parent is None else None)
+        parent_acc = parent_acc if isinstance(parent_acc, (int, float)) and _finite(parent_acc) else None
         gain = None if acc is None or parent_acc is None else acc - parent_acc
         outcome = None if gain is None else (
             "tie" if abs(gain) <= TIE_TOLERANCE else "above" if gain > 0 else "below")

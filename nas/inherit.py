@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # How often the list of parents is read again, for runs other searches finished meanwhile.
 REFRESH_S = 30.0
+# What a worker says when a parent's weights did not start its child as the parent.
+REFUSED = ("not_a_morph", "inherit_gap")
 # A child trains this share of the recipe's epochs unless told (`inherit_epochs`).
 CHILD_SHARE = 0.25
 
@@ -42,6 +44,12 @@ def family_of(recipe: dict[str, Any] | TrainConfig) -> str | None:
     fields = {k: v for k, v in config.recipe_dict().items() if k != "epochs"}
     text = json.dumps(fields, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def child_recipe_id(recipe: TrainConfig) -> str:
+    """The store's id of the children's recipe `recipe`: not the id of a scratch run trained
+    for as many epochs, so that the duplicate cache never answers one with the other."""
+    return hashlib.sha256(f"inherit:{recipe.recipe_id}".encode()).hexdigest()[:16]
 
 
 def child_epochs(epochs: int, inherit_epochs: int | None) -> int:
@@ -59,12 +67,13 @@ class Parent:
     spec: ArchitectureSpec
     morph: Morph
 
-    def describe(self) -> dict[str, Any]:
-        """What the child's run row keeps about its parent (`extra["inherit"]`)."""
+    def describe(self, search_recipe: str) -> dict[str, Any]:
+        """What the child's run row keeps about its parent (`extra["inherit"]`), and the
+        recipe its search trains from scratch (`search_recipe`: what `nas retrain` trains)."""
         return {"parent_run": self.run.id, "parent_study": self.run.study,
                 "parent_trial": self.run.trial_number, "parent_arch_id": self.run.arch_id,
                 "parent_val_accuracy": self.run.val_accuracy,
-                "morph": self.morph.describe()}
+                "morph": self.morph.describe(), "search_recipe": search_recipe}
 
 
 class Parents:
@@ -78,7 +87,7 @@ class Parents:
         self._specs: dict[str, ArchitectureSpec | None] = {}
         self.runs: list[tuple[RunRecord, ArchitectureSpec]] = []
         self._ids: set[int] = set()  # of `runs`, so a run read again is not added twice
-        self._last_id = 0
+        self._dropped: set[int] = set()  # parents whose weights did not start a child
         self._read_at = -math.inf
         self.refresh()
 
@@ -100,15 +109,23 @@ class Parents:
         return self._specs[arch_id]
 
     def refresh(self) -> None:
-        """Read the runs finished since the last read (this search's and any other's)."""
+        """Read the trained runs again, for those other searches (or a `nas retrain`, whose
+        row is written before it trains) finished meanwhile."""
         self._read_at = self._clock()
-        for run in self.store.trained_runs(self.dataset, since_id=self._last_id):
-            self._last_id = max(self._last_id, run.id or 0)
+        for run in self.store.trained_runs(self.dataset):
             self.add(run)
+
+    def drop(self, run_id: int | None) -> None:
+        """Never pick run `run_id` again: its weights are unreadable or do not grow."""
+        if run_id is None:
+            return
+        self._dropped.add(run_id)
+        self._ids.discard(run_id)
+        self.runs = [(r, s) for r, s in self.runs if r.id != run_id]
 
     def add(self, run: RunRecord, spec: ArchitectureSpec | None = None) -> None:
         """A trained run with weights, if it belongs to the family."""
-        if run.id is None or run.id in self._ids:
+        if run.id is None or run.id in self._ids or run.id in self._dropped:
             return
         if run.val_accuracy is None or not math.isfinite(run.val_accuracy):
             return
@@ -138,51 +155,58 @@ class Parents:
 
 class Inheritance:
     """What `--inherit` adds to one search: the children's recipe (the search's with
-    `child_epochs`), the parents, and for each candidate the parent its job starts from."""
+    `child_epochs`, under its own id `recipe_id`), the parents, and for each candidate the
+    parent its job starts from."""
 
     def __init__(self, store: Store, artifacts: Any, recipe: TrainConfig, *, config: Any) -> None:
         """`config`: the search's `SearchConfig` (its `study` and `inherit_epochs`)."""
         self.artifacts, self.study = artifacts, config.study
+        self.search_recipe = recipe.recipe_id
         self.recipe = recipe.with_(epochs=child_epochs(recipe.epochs, config.inherit_epochs))
-        store.save_recipe(self.recipe.recipe_id, self.recipe.to_dict(), recipe.dataset)
+        self.recipe_id = child_recipe_id(self.recipe)
+        store.save_recipe(self.recipe_id, self.recipe.to_dict(), recipe.dataset)
         self.parents = Parents(store, recipe)
 
     def key(self, arch_id: str) -> tuple[str, str, str, int]:
         """The duplicate-cache key of `arch_id` trained as a child."""
-        return (arch_id, self.recipe.recipe_id, self.recipe.dataset, self.recipe.epochs)
+        return (arch_id, self.recipe_id, self.recipe.dataset, self.recipe.epochs)
 
     def answer(self, cache: Any, arch_id: str) -> RunRecord | None:
-        """A child of `arch_id` trained before, to answer a duplicate from. A scratch run of a
-        recipe with the children's epochs has the same key, and answers nothing."""
-        run = cache.finished(self.key(arch_id))
-        return run if run is not None and run.inherited_from is not None else None
+        """A child of `arch_id` trained before, to answer a duplicate from."""
+        return cache.finished(self.key(arch_id))
 
-    def parent(self, trial: Any, spec: ArchitectureSpec) -> tuple[Parent, dict[str, Any]] | None:
+    def parent(self, trial: Any, spec: ArchitectureSpec) -> tuple[Parent | None, dict[str, Any] | None]:
         """The parent a candidate starts from and the job's `parent` entry (its spec and
-        weights); None: it trains from scratch (no parent, or its weights cannot be read)."""
-        found = self.parents.parent_for(spec)
-        if found is None:
-            return None
-        try:
-            weights = self.artifacts.load(found.run)
-        except WeightsError as exc:  # a damaged or missing file: the child trains from scratch
-            log.warning("trial %d trains from scratch: %s", trial.number, exc)
-            return None
-        if weights is None:
-            return None
-        trial.set_user_attr("inherited_from", trial_ref(found.run, self.study))
-        return found, {"spec": found.spec.to_dict(), "weights": weights}
+        weights); (None, None): it trains from scratch. A parent whose weights cannot be
+        read is dropped, and the next best one is tried."""
+        while (found := self.parents.parent_for(spec)) is not None:
+            try:
+                weights = self.artifacts.load(found.run)
+            except WeightsError as exc:  # a damaged or missing file
+                log.warning("trial %d does not start from trial %d of study %s: %s",
+                            trial.number, found.run.trial_number, found.run.study, exc)
+                weights = None
+            if weights is not None:
+                trial.set_user_attr("inherited_from", trial_ref(found.run, self.study))
+                return found, {"spec": found.spec.to_dict(), "weights": weights}
+            self.parents.drop(found.run.id)
+        return None, None
 
     def subject(self, subject: Any, parent: Parent, result: dict[str, Any] | None = None) -> Any:
         """`subject` (a `nas.recorder.Subject`) as the child of `parent` that it is, with how
         exactly it started as its parent when the worker said (`result["inherited"]`)."""
-        info = parent.describe()
+        info = parent.describe(self.search_recipe)
         if result and result.get("inherited"):
             info["start_gap"] = result["inherited"].get("gap")
-        return replace(subject, recipe_id=self.recipe.recipe_id, fidelity=self.recipe.epochs,
+        return replace(subject, recipe_id=self.recipe_id, fidelity=self.recipe.epochs,
                        inherited_from=parent.run.id, extra={**subject.extra, "inherit": info})
 
-    def finished(self, run: RunRecord, spec: ArchitectureSpec, result: dict[str, Any]) -> None:
-        """A run of this search ended: a complete one with weights is a parent from now on."""
-        if run.state == "complete" and (run.weights_artifact or result.get("weights")):
+    def finished(self, run: RunRecord, spec: ArchitectureSpec, parent: Parent | None) -> None:
+        """A run of this search ended: a complete one whose weights were saved is a parent
+        from now on; a parent the worker could not start its child from is dropped."""
+        if run.state == "complete" and run.weights_artifact:
             self.parents.add(run, spec)
+        if parent is not None and (run.reason or "").startswith(REFUSED):
+            log.warning("trial %d of study %s is no parent any more: %s",
+                        parent.run.trial_number, parent.run.study, run.reason)
+            self.parents.drop(parent.run.id)

@@ -154,13 +154,12 @@ class RichProgress(Progress):
             self.running.pop(event.number, None)
         style = STATE_STYLE.get(event.state, "white")
         acc = f"{event.val_accuracy:.4f}" if event.val_accuracy is not None else "   -  "
-        extra = ""
+        notes = [event.reason] if event.reason else []  # why it failed or stopped, first
         if event.cached_from:
-            extra = f" (answered by {event.answered_by()})"
+            notes = [f"answered by {event.answered_by()}"]
         elif event.inherited_from:
-            extra = f" (grown from {event.inherited_from})"
-        elif event.reason:
-            extra = f" ({event.reason})"
+            notes.append(f"grown from {event.inherited_from}")
+        extra = f" ({'; '.join(notes)})" if notes else ""
         dur = f"{event.duration_s:5.1f}s" if event.duration_s else "      "
         self.console.print(
             f"trial {event.number:>4} [{style}]{event.state:<10}[/] acc {acc} {dur} "

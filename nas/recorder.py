@@ -3,15 +3,19 @@ architectures) and into the events the display sees."""
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from db import EpochRecord, RunRecord, Store
+from nas.errors import UserError
 from nas.events import Progress, TrialEvent
 from nas.weights import Artifacts
 from search_spaces import ArchitectureSpec
+
+log = logging.getLogger(__name__)
 
 STATES = ("complete", "pruned", "failed", "cached", "infeasible")
 
@@ -109,9 +113,11 @@ class Recorder:
         if weights is not None and self.artifacts is not None:
             try:
                 saved = self.artifacts.save(weights, trial=s.trial, arch_id=s.spec.arch_id)
-            except ValueError as exc:
-                # Bytes that are not safetensors are a worker's fault: the run keeps its
-                # result without them and says why, rather than the search stopping.
+            except (ValueError, UserError) as exc:
+                # Bytes that are not safetensors (a worker's fault) or an artifact store that
+                # refuses them: the run keeps its result without them and says why, rather
+                # than the search stopping.
+                log.warning("trial %d keeps no weights: %s", s.number, exc)
                 saved = {}
                 run.extra["weights_error"] = str(exc)
             for name, value in saved.items():

@@ -27,7 +27,11 @@ class Candidate:
 
 
 def _base_recipe(store: Store, run: RunRecord) -> dict[str, Any]:
-    recipe = store.recipe(run.recipe_id) if run.recipe_id else None
+    # A child of `--inherit` trained a few epochs from its parent's weights; from scratch,
+    # the recipe is its search's.
+    searched = ((run.extra or {}).get("inherit") or {}).get("search_recipe")
+    recipe = store.recipe(searched) if isinstance(searched, str) else None
+    recipe = recipe or (store.recipe(run.recipe_id) if run.recipe_id else None)
     if recipe is None:
         raise UserError(
             f"the recipe {run.recipe_id} of trial {run.trial_number} of `{run.study}` is not in the store"

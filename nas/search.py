@@ -234,16 +234,15 @@ class Search:
             return None
         if self.cache.wait_for(p.key, p):
             return None
-        parent = self.inheritance and self.inheritance.parent(p.trial, p.spec)
-        p.parent = parent[0] if parent else None
+        p.parent, parent = self.inheritance.parent(p.trial, p.spec) if self.inheritance else (None, None)
         recipe = self.inheritance.recipe if parent else self.recipe
         self._seq += 1
         key = f"{p.number}:{self._seq}"
         self.pending[key] = p
         self.cache.started(p.key)
         self.progress.launched(p.number, p.spec.summary())
-        return Job(key, p.spec.to_dict(), recipe.to_dict(), prunable=self.pruning.active,
-                   stall_s=self.config.stall_s, parent=parent and parent[1])
+        return Job(key, p.spec.to_dict(), recipe.to_dict(), stall_s=self.config.stall_s,
+                   prunable=self.pruning.active and parent is None, parent=parent)
 
     def _answer_from(self, p: Proposal, source: RunRecord) -> None:
         subject = self._subject(p)
@@ -264,8 +263,9 @@ class Search:
         p = self.pending[event.key]
         p.epochs.append(event.metrics)
         self.progress.epoch(p.number, event.epoch, event.metrics)
-        return self.pruning.should_stop(p.trial, event.epoch, event.metrics.get("val_accuracy"),
-                                        (p.params, p.flops))
+        # A child starts near its parent's accuracy: its curve neither prunes nor sets rungs.
+        return p.parent is None and self.pruning.should_stop(
+            p.trial, event.epoch, event.metrics.get("val_accuracy"), (p.params, p.flops))
 
     def on_result(self, event: Result) -> None:
         p = self.pending[event.key]  # until it is told: an error here leaves it to `abandon`
@@ -286,7 +286,7 @@ class Search:
         if state == run.state:  # a "complete" run without a usable accuracy answers nothing
             self.cache.remember(run)
         if self.inheritance is not None and state == run.state:
-            self.inheritance.finished(run, p.spec, result)
+            self.inheritance.finished(run, p.spec, p.parent)
         self.recorder.emit(subject, state, values=values, run=run, reason=run.reason)
         for w in waiting:
             if state in ("complete", "pruned") or run.reason == "nan_loss":

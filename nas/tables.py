@@ -163,7 +163,10 @@ def _curves_data(store: Any, studies: list[str]) -> dict[str, Any]:
     recipes: dict[str, dict[str, Any]] = {}
     shape: dict[str, Any] = {}
     for study in studies:
-        runs = [r for r in store.runs(study, states=["complete"]) if r.cached_from is None]
+        # Children of `--inherit` started from trained weights: not curves from scratch.
+        runs = [r for r in store.runs(study, states=["complete"])
+                if r.cached_from is None and r.inherited_from is None
+                and not (r.extra or {}).get("inherit")]
         if not runs:
             raise UserError(f"study {study!r} has no complete trained runs in {store.display_url}")
         for run in runs:

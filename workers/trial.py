@@ -245,6 +245,9 @@ def _too_big(
 
 # Images the inherited start is checked on: enough to see a broken morph, cheap on any net.
 _INHERIT_CHECK_SAMPLES = 64
+# The most the child's outputs may differ from the parent's at the start, relative to the
+# parent's largest output (at least 1): float32 morphs measure a few 1e-6.
+INHERIT_GAP_TOLERANCE = 1e-4
 
 
 def _inherit(net: torch.nn.Module, spec: ArchitectureSpec, parent: dict[str, Any],
@@ -252,7 +255,9 @@ def _inherit(net: torch.nn.Module, spec: ArchitectureSpec, parent: dict[str, Any
     """Load into `net` the parent's weights morphed into `spec`; what it did, in plain data.
 
     The start is checked: the child's and the parent's outputs (eval mode) on a few
-    validation images, whose largest difference is returned as `gap`."""
+    validation images, whose largest difference is returned as `gap`; past
+    `INHERIT_GAP_TOLERANCE` the trial stops (`inherit_gap: ...`) rather than train a child
+    that does not start as its parent."""
     from safetensors.torch import load as load_safetensors
 
     from search_spaces.morph import check_morph
@@ -273,7 +278,12 @@ def _inherit(net: torch.nn.Module, spec: ArchitectureSpec, parent: dict[str, Any
     net.eval()
     parent_net.eval()
     with torch.no_grad():
-        gap = float((net(x) - parent_net(x)).abs().max())
+        expected = parent_net(x)
+        gap = float((net(x) - expected).abs().max())
+        allowed = INHERIT_GAP_TOLERANCE * max(1.0, float(expected.abs().max()))
+    if not gap <= allowed:  # NaN too
+        raise TrialStop(f"inherit_gap: the child starts {gap:.3g} away from its parent "
+                        f"{parent_spec.arch_id} (allowed {allowed:.3g})")
     net.train()
     return {"morph": check_morph(parent_spec, spec).describe() or ["same architecture"],
             "gap": gap, "parent_arch_id": parent_spec.arch_id}

@@ -365,3 +365,13 @@ def test_mutation_grow_enlarges_one_stage_depth_or_width_and_falls_back_to_one()
         assert changed(child, top) in ({"stage1.skip"}, {"stage1.depth"}, {"stage1.width"},
                                        {"stage2.depth"})
         assert len(changed(child, top)) == 1
+
+
+def test_mutation_grow_with_nothing_larger_in_the_trial_s_range_changes_the_value_as_one():
+    # The parent's range had room to grow (1-4, at 3); the trial asks 1-3: nothing is larger.
+    study = optuna.create_study(direction="maximize", sampler=RegularizedEvolutionSampler(
+        population_size=1, sample_size=1, mutation="grow", seed=5))
+    study.add_trial(create_trial(params={"stage2.depth": 3},
+                                 distributions={"stage2.depth": IntDistribution(1, 4)}, value=1.0))
+    values = {study.ask().suggest_int("stage2.depth", 1, 3) for _ in range(20)}
+    assert values and 3 not in values and values <= {1, 2}

@@ -84,7 +84,8 @@ def test_the_parent_is_the_best_trained_run_that_morphs_into_the_candidate(stora
     found = parents.parent_for(DEEPEST)
     assert found.run.id == deeper.id and found.spec == DEEPER
     assert found.morph.deeper and not found.morph.wider
-    assert found.describe()["parent_study"] == "b" and found.describe()["morph"]
+    described = found.describe("r0")
+    assert described["parent_study"] == "b" and described["morph"] and described["search_recipe"] == "r0"
     assert parents.parent_for(DEEPER).run.val_accuracy == 0.90  # itself is no parent: SMALL is
     assert parents.parent_for(SMALL) is None  # nothing smaller
     assert parents.parent_for(_spec(skip="projection")) is None  # another skip: not a morph
@@ -198,6 +199,91 @@ def test_a_parent_whose_weights_file_is_gone_leaves_the_child_to_train_from_scra
     assert jobs[-1].parent is None and jobs[-1].config["epochs"] == 8
 
 
+def test_a_child_is_never_pruned_and_its_curve_is_not_a_rung(sqlite_url, tmp_path):
+    # A child starts near its parent's accuracy and trains fewer epochs: its curve, shorter
+    # and higher, would prune scratch trials that have just started.
+    jobs = []
+    run_search(_config(sqlite_url, tmp_path, [SMALL, DEEPER], inherit=True, pruner="median"),
+               executor=LocalExecutor(_trainer(jobs), capacity=1))
+    assert [j.parent is not None for j in jobs] == [False, True]
+    assert [j.prunable for j in jobs] == [True, False]
+    trials = optuna.load_study(study_name="grow", storage=sqlite_url).get_trials()
+    assert len(trials[0].intermediate_values) == 8 and trials[1].intermediate_values == {}
+    assert [r.state for r in Store(sqlite_url).runs("grow")] == ["complete", "complete"]
+
+
+def test_a_parent_that_did_not_start_its_child_is_not_picked_again(sqlite_url, tmp_path):
+    jobs = []
+
+    def refuses_to_grow(job):
+        if job.parent is not None and ArchitectureSpec.from_dict(job.spec) == DEEPER:
+            jobs.append(job)
+            return Script(epochs=[], state="failed", reason="inherit_gap: the child starts 0.3 away")
+        return _trainer(jobs)(job)
+
+    summary = run_search(_config(sqlite_url, tmp_path, [SMALL, DEEPER, DEEPEST], inherit=True),
+                         executor=LocalExecutor(refuses_to_grow, capacity=1))
+    assert summary.counts["failed"] == 1
+    # DEEPEST grows from SMALL too, but SMALL's weights did not start DEEPER as SMALL.
+    assert [j.parent is not None for j in jobs] == [False, True, False]
+    assert jobs[2].config["epochs"] == 8
+    failed = Store(sqlite_url).run_for_trial("grow", 1)
+    assert failed.reason.startswith("inherit_gap") and failed.inherited_from is not None
+
+
+def test_a_parent_whose_file_is_damaged_gives_way_to_the_next_best(sqlite_url, tmp_path):
+    jobs = []
+    run_search(_config(sqlite_url, tmp_path, [SMALL, DEEPER]),  # both from scratch
+               executor=LocalExecutor(_trainer(jobs), capacity=1))
+    deeper = Store(sqlite_url).run_for_trial("grow", 1)
+    assert deeper.val_accuracy > Store(sqlite_url).run_for_trial("grow", 0).val_accuracy
+    (tmp_path / "artifacts" / deeper.weights_artifact).write_bytes(b"not the weights")
+    run_search(_config(sqlite_url, tmp_path, [DEEPEST], inherit=True, study="grow2"),
+               executor=LocalExecutor(_trainer(jobs), capacity=1))
+    assert ArchitectureSpec.from_dict(jobs[-1].parent["spec"]) == SMALL
+    assert Store(sqlite_url).run_for_trial("grow2", 0).extra["inherit"]["parent_trial"] == 0
+
+
+def test_a_scratch_search_of_the_children_s_epochs_is_not_answered_by_a_child(
+        sqlite_url, tmp_path):
+    jobs = []
+    run_search(_config(sqlite_url, tmp_path, [SMALL, DEEPER], inherit=True),
+               executor=LocalExecutor(_trainer(jobs), capacity=1))
+    child = Store(sqlite_url).run_for_trial("grow", 1)
+    assert child.fidelity == 2
+    # The same recipe for 2 epochs from scratch: the child's training is not that.
+    summary = run_search(_config(sqlite_url, tmp_path, [DEEPER], study="short",
+                                 train={"epochs": 2}),
+                         executor=LocalExecutor(_trainer(jobs), capacity=1))
+    scratch = Store(sqlite_url).run_for_trial("short", 0)
+    assert Store(sqlite_url).recipe(scratch.recipe_id) == Store(sqlite_url).recipe(child.recipe_id)
+    assert summary.counts["complete"] == 1 and scratch.cached_from is None
+    assert scratch.recipe_id != child.recipe_id and jobs[-1].parent is None
+
+
+def test_retraining_a_child_trains_its_search_s_recipe(sqlite_url, tmp_path):
+    from nas.retrain_choice import candidates_from_study
+
+    run_search(_config(sqlite_url, tmp_path, [SMALL, DEEPER], inherit=True),
+               executor=LocalExecutor(_trainer([]), capacity=1))
+    [best] = candidates_from_study(Store(sqlite_url), "grow")
+    assert best.spec == DEEPER and best.search_fidelity == 2
+    assert best.recipe["epochs"] == 8
+
+
+def test_a_curve_table_of_a_study_that_grew_holds_only_curves_from_scratch(sqlite_url, tmp_path):
+    from nas.tables import open_table
+
+    run_search(_config(sqlite_url, tmp_path, [SMALL, DEEPER, WIDER], inherit=True),
+               executor=LocalExecutor(_trainer([]), capacity=1))
+    assert Store(sqlite_url).run_for_trial("grow", 1).inherited_from is not None
+    table = open_table("study:grow", storage=sqlite_url)
+    assert table.epochs == 8
+    # DEEPER grew from SMALL; WIDER trained from scratch (its first shortcut is no projection).
+    assert sorted(ArchitectureSpec.from_dict(r.extra["spec"]).arch_id for r in table.rows.values()) \
+        == sorted([SMALL.arch_id, WIDER.arch_id])
+
+
 # -- the worker --------------------------------------------------------------------------------
 def test_the_worker_starts_a_child_as_its_trained_parent_and_trains_it():
     from workers import run_trial
@@ -217,6 +303,25 @@ def test_the_worker_starts_a_child_as_its_trained_parent_and_trains_it():
     bad = run_trial({"spec": SMALL.to_dict(), "config": recipe.with_(epochs=1).to_dict(),
                      "parent": {"spec": DEEPER.to_dict(), "weights": child.weights}})
     assert bad.state == "failed" and bad.reason.startswith("not_a_morph: ")
+
+
+def test_a_child_that_does_not_start_as_its_parent_is_refused(monkeypatch):
+    import workers.trial
+    from workers import run_trial
+
+    morph = workers.trial.morph_weights
+
+    def off_by_a_bit(*args, **kwargs):  # a morph with a bug: one output shifted by 0.01
+        state = morph(*args, **kwargs)
+        bias = next(k for k in reversed(list(state)) if k.endswith("bias"))
+        state[bias] = state[bias] + 0.01
+        return state
+
+    monkeypatch.setattr(workers.trial, "morph_weights", off_by_a_bit)
+    recipe = TrainConfig(epochs=1, cpu_threads=1)
+    child = run_trial({"spec": DEEPER.to_dict(), "config": recipe.to_dict(),
+                       "parent": {"spec": SMALL.to_dict(), "weights": _weights(SMALL)}})
+    assert child.state == "failed" and child.reason.startswith("inherit_gap: the child starts 0.01")
 
 
 # -- end to end: real Ray, real training, export -----------------------------------------------

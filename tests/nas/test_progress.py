@@ -73,3 +73,17 @@ def test_off_a_terminal_one_plain_line_per_trial_and_no_live_area():
     out = console.file.getvalue().splitlines()
     assert out[-1].startswith("trial    3 cached") and out[-1].endswith("(answered by trial 2)")
     assert not any("\x1b" in line for line in out)
+
+
+def test_a_child_s_line_says_why_it_failed_before_what_it_grew_from():
+    console = Console(file=io.StringIO(), width=200, force_terminal=False)
+    progress = RichProgress(console)
+    progress.start(INFO)
+    for number, state, reason in ((4, "failed", "inherit_gap: 0.3 away"), (5, "complete", None)):
+        progress.launched(number, "x")
+        progress.trial(TrialEvent(number=number, state=state, arch_id="a", summary="x", params=5,
+                                  reason=reason, inherited_from="trial 2"), {state: 1}, None)
+    progress.stop()
+    failed, complete = console.file.getvalue().splitlines()[-2:]
+    assert failed.endswith("(inherit_gap: 0.3 away; grown from trial 2)")
+    assert complete.endswith("x (grown from trial 2)")

@@ -118,6 +118,22 @@ def test_a_parent_gone_from_the_store_is_named_from_extra_or_by_its_run_id(famil
     assert inherited_labels(store, [child], STUDY) == {child.id: "run 999999"}
 
 
+def test_a_child_whose_parent_s_study_was_deleted_stays_in_the_family_tree(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'nas.db'}")
+    outside = _record(store, OTHER, 3, spec(depth=1, width=32), 0.70)
+    _record(store, STUDY, 0, spec(depth=1, width=8), 0.60)
+    _record(store, STUDY, 1, spec(depth=2, width=32), 0.74, fidelity=SHORT, parent=outside,
+            extra={"inherit": {"parent_run": outside, "parent_study": OTHER, "parent_trial": 3,
+                               "parent_val_accuracy": 0.70}})
+    store.delete_study(OTHER, force=True)
+    assert store.run_for_trial(STUDY, 1).inherited_from is None  # the link went with the row
+    inh = collect(store, STUDY)["inheritance"]
+    [edge] = inh["edges"]
+    assert (edge["trial"], edge["parent"], edge["parent_run"]) == (1, f"{OTHER}#3", None)
+    assert edge["gain"] == pytest.approx(0.04) and edge["outcome"] == "above"
+    assert inh["summary"]["inherited"] == 1
+
+
 # -- the report --------------------------------------------------------------------------------
 def test_the_report_has_the_family_tree_section_with_figure_summary_and_table(family, tmp_path):
     out = tmp_path / "report.html"

@@ -122,7 +122,8 @@ def test_a_frozen_worker_without_a_time_limit_is_given_up_as_stalled_and_retried
         # Before anyone wakes it: Ray kills a force-cancelled worker that does not answer
         # within a few seconds (on the test session's Ray, which outlives the search).
         end = time.time() + 60
-        while time.time() < end and any(_state_of(pid) == "T" for _, pid in freezer.frozen):
+        # A killed process passes through R on its way out: wait until it is gone or a zombie.
+        while time.time() < end and any(_state_of(pid) not in (None, "Z") for _, pid in freezer.frozen):
             time.sleep(0.5)
         left = [_state_of(pid) for _, pid in freezer.frozen]
         for _, pid in freezer.frozen:  # never leave a stopped process behind

@@ -129,6 +129,25 @@ def test_bytes_that_are_not_safetensors_are_refused_before_anything_is_written(t
         assert store.meta(META_KEY) is None
 
 
+def test_a_result_is_kept_when_the_artifact_store_refuses_its_weights(tmp_path):
+    class Full:  # a disk or bucket that takes nothing more
+        def write(self, artifact_id, body):
+            raise OSError(28, "No space left on device")
+
+    url = f"sqlite:///{tmp_path / 'nas.db'}"
+    spec = tiny_spec()
+    with Store(url) as store:
+        recorder = Recorder(store, STUDY, input_size=(32, 32),
+                            artifacts=Artifacts(Full(), "/full", store, record=False))
+        run = recorder.result(Subject(0, spec, "r", "digits", 1, 1000, 1000),
+                              {"state": "complete", "val_accuracy": 0.5,
+                               "weights": weights_of(spec)})
+        kept = store.get_run(run.id)
+        assert kept.state == "complete" and kept.val_accuracy == 0.5
+        assert kept.weights_artifact is None and store.weights(run.id) is None
+        assert "No space left on device" in kept.extra["weights_error"]
+
+
 def test_a_worker_result_with_broken_weights_is_kept_without_them(tmp_path):
     url = f"sqlite:///{tmp_path / 'nas.db'}"
     spec = tiny_spec()
