@@ -181,6 +181,14 @@ def loopback_only() -> Any:
                 os.environ[key] = value
 
 
+def cluster_mode_enabled() -> bool:
+    """This process's view of the setting `loopback_only` changes while a local Ray starts
+    (Ray's `ENABLE_RAY_CLUSTER`): whether it may start or join a Ray of the usual kind."""
+    from ray._private import ray_constants
+
+    return bool(ray_constants.ENABLE_RAY_CLUSTER)
+
+
 def slots_of(*, workers: int | None, cpus_per_trial: float, gpus_per_trial: float) -> int:
     """Trials the connected cluster runs at once: `workers`, else what its CPUs (and GPUs)
     hold."""
