@@ -113,6 +113,19 @@ class RunRecord:
         """The measured fields of a worker's result dict, as keyword arguments."""
         return {name: result.get(name) for name in cls.MEASURED}
 
+    @property
+    def inherit(self) -> dict[str, Any]:
+        """What `--inherit` recorded of the parent this run started from (`extra["inherit"]`:
+        its trial, study, accuracy, the morph, the search's recipe); {} when nothing."""
+        info = (self.extra or {}).get("inherit")
+        return info if isinstance(info, dict) else {}
+
+    @property
+    def inherited(self) -> bool:
+        """Whether this run started from a parent's weights: `inherited_from`, or what `extra`
+        recorded when the parent's row is gone (its study deleted, and the link with it)."""
+        return self.inherited_from is not None or bool(self.inherit)
+
 
 @dataclass
 class EpochRecord:
@@ -673,9 +686,9 @@ class Store:
         return self._transaction(f"looking up a finished run of {arch_id}",
                                  lambda session: _run_record_or_none(session.scalar(query)))
 
-    def trained_runs(self, dataset: str, *, since_id: int = 0) -> list[RunRecord]:
+    def trained_runs(self, dataset: str) -> list[RunRecord]:
         """`complete` runs on `dataset` that trained (not cached) and kept weights, in the
-        artifact store or in `nas_weights`, from any study, by id; `since_id`: newer only.
+        artifact store or in `nas_weights`, from any study, by id.
         The parents `--inherit` picks from."""
         has_legacy = sa.exists().where(WeightsModel.run_id == RunModel.id)
         query = (
@@ -684,7 +697,6 @@ class Store:
                 RunModel.dataset == dataset,
                 RunModel.state == "complete",
                 RunModel.cached_from.is_(None),
-                RunModel.id > since_id,
                 sa.or_(RunModel.weights_artifact.is_not(None), has_legacy),
             )
             .order_by(RunModel.id)

@@ -46,23 +46,12 @@ def _parent_runs(store: Store, runs: list[RunRecord],
             for pid in sorted({r.inherited_from for r in runs} - {None})}
 
 
-def _inherit_extra(run: RunRecord) -> dict[str, Any]:
-    info = (run.extra or {}).get("inherit")
-    return info if isinstance(info, dict) else {}
-
-
-def _inherited(run: RunRecord) -> bool:
-    """Whether `run` started from a parent: `inherited_from`, or what its `extra` recorded
-    when the parent's study was deleted since (its row, and so the link, are gone)."""
-    return run.inherited_from is not None or bool(_inherit_extra(run))
-
-
 def _parent_label(run: RunRecord, parent: RunRecord | None, study: str) -> str:
     """`#12` (a trial of `study`), `other-study#3`, or `run 17` when the parent row is gone and
     the run's `extra` does not say which trial it was."""
     if parent is not None:
         return _trial_label(parent.study, parent.trial_number, study) or f"run {run.inherited_from}"
-    info = _inherit_extra(run)
+    info = run.inherit
     trial = info.get("parent_trial")
     study_name = info.get("parent_study")
     label = _trial_label(study_name if isinstance(study_name, str) else None,
@@ -76,14 +65,14 @@ def inherited_labels(store: Store, runs: list[RunRecord], study: str) -> dict[in
     `from` column). Empty when none of `runs` inherited."""
     parents = _parent_runs(store, runs)
     return {r.id: _parent_label(r, parents.get(r.inherited_from), study)
-            for r in runs if _inherited(r) and r.id is not None}
+            for r in runs if r.inherited and r.id is not None}
 
 
 def _morph_words(store: Store, child: RunRecord, parent: RunRecord | None,
                  specs: dict[str, ArchitectureSpec | None]) -> list[str]:
     """The morph in words: what the run's `extra` recorded, else worked out from both specs
     (`search_spaces.morph.morph_plan`, torch-free), else nothing."""
-    words = _inherit_extra(child).get("morph")
+    words = child.inherit.get("morph")
     if isinstance(words, list) and all(isinstance(w, str) for w in words):
         return list(words)
     if isinstance(words, str):
@@ -131,17 +120,20 @@ def inheritance(store: Store, study: str, runs: list[RunRecord],
     specs = dict(specs or {})  # parents' specs are added: not the caller's dict
     trained = sorted((r for r in runs if r.state == "complete" and r.cached_from is None
                       and _finite(r.val_accuracy)), key=lambda r: r.trial_number)
-    children = sorted((r for r in runs if _inherited(r) and r.cached_from is None),
+    children = sorted((r for r in runs if r.inherited and r.cached_from is None),
                       key=lambda r: r.trial_number)
     parents = _parent_runs(store, children, known=runs)
     edges = []
     for child in children:
         parent = parents.get(child.inherited_from)
-        info = _inherit_extra(child)
+        info = child.inherit
         acc = child.val_accuracy if child.state == "complete" and _finite(child.val_accuracy) else None
-        parent_acc = (parent.val_accuracy if parent is not None and parent.state == "complete"
-                      else info.get("parent_val_accuracy") if parent is None else None)
-        parent_acc = parent_acc if isinstance(parent_acc, (int, float)) and _finite(parent_acc) else None
+        if parent is not None:
+            parent_acc = parent.val_accuracy if parent.state == "complete" else None
+        else:  # its row is gone: what the child recorded of it
+            parent_acc = info.get("parent_val_accuracy")
+        if not (isinstance(parent_acc, (int, float)) and _finite(parent_acc)):
+            parent_acc = None
         gain = None if acc is None or parent_acc is None else acc - parent_acc
         outcome = None if gain is None else (
             "tie" if abs(gain) <= TIE_TOLERANCE else "above" if gain > 0 else "below")

@@ -29,7 +29,7 @@ class Candidate:
 def _base_recipe(store: Store, run: RunRecord) -> dict[str, Any]:
     # A child of `--inherit` trained a few epochs from its parent's weights; from scratch,
     # the recipe is its search's.
-    searched = ((run.extra or {}).get("inherit") or {}).get("search_recipe")
+    searched = run.inherit.get("search_recipe")
     recipe = store.recipe(searched) if isinstance(searched, str) else None
     recipe = recipe or (store.recipe(run.recipe_id) if run.recipe_id else None)
     if recipe is None:

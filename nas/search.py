@@ -234,15 +234,15 @@ class Search:
             return None
         if self.cache.wait_for(p.key, p):
             return None
-        p.parent, parent = self.inheritance.parent(p.trial, p.spec) if self.inheritance else (None, None)
-        recipe = self.inheritance.recipe if parent else self.recipe
+        p.parent, start = self.inheritance.parent(p.trial, p.spec) if self.inheritance else (None, None)
+        recipe = self.inheritance.recipe if start else self.recipe
         self._seq += 1
         key = f"{p.number}:{self._seq}"
         self.pending[key] = p
         self.cache.started(p.key)
         self.progress.launched(p.number, p.spec.summary())
         return Job(key, p.spec.to_dict(), recipe.to_dict(), stall_s=self.config.stall_s,
-                   prunable=self.pruning.active and parent is None, parent=parent)
+                   prunable=self.pruning.active and start is None, parent=start)
 
     def _answer_from(self, p: Proposal, source: RunRecord) -> None:
         subject = self._subject(p)

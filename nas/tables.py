@@ -165,8 +165,7 @@ def _curves_data(store: Any, studies: list[str]) -> dict[str, Any]:
     for study in studies:
         # Children of `--inherit` started from trained weights: not curves from scratch.
         runs = [r for r in store.runs(study, states=["complete"])
-                if r.cached_from is None and r.inherited_from is None
-                and not (r.extra or {}).get("inherit")]
+                if r.cached_from is None and not r.inherited]
         if not runs:
             raise UserError(f"study {study!r} has no complete trained runs in {store.display_url}")
         for run in runs:
